@@ -1,0 +1,184 @@
+//! The BackendActor: holds one loaded model and computes the batches the
+//! Scheduler hands it, one at a time (the Scheduler sends only to idle
+//! actors, so no mailbox grows).
+//!
+//! - `compute = "actors"`: each actor owns its model, loaded once when the
+//!   Scheduler sends `LoadModel`, before the first batch.
+//! - `compute = "tasks"`: the actors are stateless workers over one
+//!   [`SharedModel`], loaded on first use, once per [`SharedModel`].
+//!
+//! The model is held by `Arc`, outside anything a restart re-runs, so a
+//! restarted actor never reloads it. A panic inside `predict` is caught and
+//! becomes an error for that batch.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+use actix::prelude::*;
+
+use crate::batch::{RequestBatch, ResultWriter};
+use crate::devices::Device;
+use crate::error::PipelineError;
+use crate::messages::{Compute, Computed, LoadModel};
+use crate::model::{Backend, Model, ModelError};
+use crate::progress::Progress;
+use crate::rows::RequestSchema;
+
+/// One model shared by every worker of a tasks-mode pool, loaded on first
+/// use. A host may keep one and hand it to several runs of the same backend.
+#[derive(Default)]
+pub struct SharedModel {
+    cell: OnceLock<Result<Arc<dyn Model>, ModelError>>,
+}
+
+impl SharedModel {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn get(
+        &self,
+        backend: &dyn Backend,
+        device: &Device,
+        progress: &Progress,
+    ) -> Result<Arc<dyn Model>, ModelError> {
+        self.cell
+            .get_or_init(|| {
+                progress.model_loaded();
+                load(backend, device)
+            })
+            .clone()
+    }
+}
+
+fn load(backend: &dyn Backend, device: &Device) -> Result<Arc<dyn Model>, ModelError> {
+    tracing::info!(device = %device, "loading model");
+    catch_unwind(AssertUnwindSafe(|| backend.load(device))).unwrap_or_else(|p| Err(panicked(p)))
+}
+
+fn panicked(p: Box<dyn std::any::Any + Send>) -> ModelError {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    ModelError::new(format!("the model panicked: {what}"))
+}
+
+enum Slot {
+    Own(Option<Arc<dyn Model>>),
+    Shared(Arc<SharedModel>),
+}
+
+/// An actor holding (or sharing) one loaded model.
+pub struct BackendActor {
+    backend: Arc<dyn Backend>,
+    schema: RequestSchema,
+    device: Device,
+    slot: Slot,
+    progress: Arc<Progress>,
+}
+
+impl BackendActor {
+    /// An actor that loads its own model on `LoadModel`.
+    pub fn owning(backend: Arc<dyn Backend>, device: Device, progress: Arc<Progress>) -> Self {
+        Self::with_slot(backend, device, Slot::Own(None), progress)
+    }
+
+    /// A stateless worker over a shared model.
+    pub fn sharing(
+        backend: Arc<dyn Backend>,
+        device: Device,
+        shared: Arc<SharedModel>,
+        progress: Arc<Progress>,
+    ) -> Self {
+        Self::with_slot(backend, device, Slot::Shared(shared), progress)
+    }
+
+    fn with_slot(
+        backend: Arc<dyn Backend>,
+        device: Device,
+        slot: Slot,
+        progress: Arc<Progress>,
+    ) -> Self {
+        BackendActor {
+            schema: backend.schema(),
+            backend,
+            device,
+            slot,
+            progress,
+        }
+    }
+
+    fn model(&self) -> Result<Arc<dyn Model>, ModelError> {
+        match &self.slot {
+            Slot::Own(Some(m)) => Ok(m.clone()),
+            Slot::Own(None) => Err(ModelError::new(
+                "internal: batch sent before the model loaded",
+            )),
+            Slot::Shared(s) => s.get(self.backend.as_ref(), &self.device, &self.progress),
+        }
+    }
+
+    fn compute(&self, msg: &Compute) -> Result<ResultWriter, ModelError> {
+        let model = self.model()?;
+        let batch = RequestBatch::decode(&msg.input, &self.schema)
+            .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?;
+        let mut out = ResultWriter::new();
+        catch_unwind(AssertUnwindSafe(|| model.predict(&batch, &mut out)))
+            .unwrap_or_else(|p| Err(panicked(p)))?;
+        if out.len() != batch.len() {
+            return Err(ModelError::new(format!(
+                "the model returned {} results for {} rows",
+                out.len(),
+                batch.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+impl Actor for BackendActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<LoadModel> for BackendActor {
+    type Result = Result<(), PipelineError>;
+
+    fn handle(&mut self, _: LoadModel, _: &mut Context<Self>) -> Self::Result {
+        if let Slot::Own(slot @ None) = &mut self.slot {
+            self.progress.model_loaded();
+            let model =
+                load(self.backend.as_ref(), &self.device).map_err(|error| PipelineError::Load {
+                    device: self.device.to_string(),
+                    error,
+                })?;
+            *slot = Some(model);
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Compute> for BackendActor {
+    type Result = MessageResult<Compute>;
+
+    fn handle(&mut self, msg: Compute, _: &mut Context<Self>) -> Self::Result {
+        let outcome = match self.compute(&msg) {
+            Ok(out) => out.encode(msg.reservation).map_err(|e| {
+                // The reservation was consumed; the Scheduler reserves anew.
+                (
+                    ModelError::new(format!(
+                        "the results exceed the backend's declared size bound: {e}"
+                    )),
+                    None,
+                )
+            }),
+            Err(e) => Err((e, Some(msg.reservation))),
+        };
+        MessageResult(Computed {
+            index: msg.index,
+            outcome,
+        })
+    }
+}

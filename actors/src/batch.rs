@@ -1,0 +1,409 @@
+//! The two kinds of object in the store, both Arrow IPC streams of one record
+//! batch, and their size bounds (reservations are made from these before a
+//! byte is written).
+//!
+//! - An input batch: `_row` (u64, row number), `_line` (u64, 1-based line),
+//!   one Utf8 column per schema field (strings decoded, JSON values as text),
+//!   and `_raw` (the row's JSON text) when the schema keeps it.
+//! - An output batch: `_row` (u64) and `result` (Utf8, one JSON object each).
+//!
+//! Decoding reads the arrays in place from the store's mapping: each array
+//! holds a reference to its object, so the object lives while they do.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{StringBuilder, UInt64Builder};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::StreamDecoder;
+use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+
+use crate::rows::{ParsedRow, RequestSchema};
+use crate::store::{Holder, ObjectRef, Reservation};
+
+const ROW: &str = "_row";
+const LINE: &str = "_line";
+const RAW: &str = "_raw";
+const RESULT: &str = "result";
+
+/// The Arrow schema of input batches for a request schema.
+pub fn input_schema(schema: &RequestSchema) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(ROW, DataType::UInt64, false),
+        Field::new(LINE, DataType::UInt64, false),
+    ];
+    for f in &schema.fields {
+        fields.push(Field::new(&f.name, DataType::Utf8, true));
+    }
+    if schema.keep_raw {
+        fields.push(Field::new(RAW, DataType::Utf8, false));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+fn output_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new(ROW, DataType::UInt64, false),
+        Field::new(RESULT, DataType::Utf8, false),
+    ]))
+}
+
+/// An upper bound of the IPC stream size for `rows` rows with `u64_cols`
+/// integer columns, `str_cols` string columns holding `str_bytes` in all.
+pub fn ipc_bound(rows: usize, u64_cols: usize, str_cols: usize, str_bytes: usize) -> usize {
+    let cols = u64_cols + str_cols;
+    // schema and batch headers, continuation markers and end of stream
+    let headers = 1024 + cols * 192;
+    // validity bitmaps and padding of every buffer to 64 bytes
+    let padding = cols * 3 * 64 + cols * rows.div_ceil(8);
+    headers + padding + rows * (8 * u64_cols + 4 * str_cols) + 4 * str_cols + str_bytes
+}
+
+/// The bound for an input batch of `rows` rows spanning `line_bytes` bytes.
+pub fn input_bound(schema: &RequestSchema, rows: usize, line_bytes: usize) -> usize {
+    // Decoded strings are never longer than their JSON text, so the fields
+    // together take at most the line's bytes, and `_raw` that again.
+    let copies = usize::from(!schema.fields.is_empty()) + usize::from(schema.keep_raw);
+    let str_cols = schema.fields.len() + usize::from(schema.keep_raw);
+    ipc_bound(rows, 2, str_cols, copies * line_bytes)
+}
+
+/// The bound for an output batch of `rows` rows with `result_bytes` of JSON.
+pub fn output_bound(rows: usize, result_bytes: usize) -> usize {
+    ipc_bound(rows, 1, 1, result_bytes)
+}
+
+fn options() -> Result<IpcWriteOptions, ArrowError> {
+    IpcWriteOptions::try_new(64, false, arrow_ipc::MetadataVersion::V5)
+}
+
+fn write_object(
+    batch: &RecordBatch,
+    reservation: Reservation,
+    holder: Holder,
+) -> Result<ObjectRef, ArrowError> {
+    let mut w =
+        StreamWriter::try_new_with_options(reservation.writer(), &batch.schema(), options()?)?;
+    w.write(batch)?;
+    w.finish()?;
+    Ok(w.into_inner()?.finish(holder))
+}
+
+/// Encodes parsed rows into `reservation` as an input object.
+pub fn encode_input(
+    schema: &RequestSchema,
+    rows: &[(u64, u64, ParsedRow<'_>)],
+    reservation: Reservation,
+) -> Result<ObjectRef, ArrowError> {
+    let n = rows.len();
+    let mut row_col = UInt64Builder::with_capacity(n);
+    let mut line_col = UInt64Builder::with_capacity(n);
+    let mut fields: Vec<StringBuilder> =
+        schema.fields.iter().map(|_| StringBuilder::new()).collect();
+    let mut raw = StringBuilder::new();
+    for (row, line, parsed) in rows {
+        row_col.append_value(*row);
+        line_col.append_value(*line);
+        for (b, v) in fields.iter_mut().zip(&parsed.values) {
+            b.append_option(v.as_deref());
+        }
+        if schema.keep_raw {
+            raw.append_value(parsed.raw);
+        }
+    }
+    let mut cols: Vec<ArrayRef> = vec![Arc::new(row_col.finish()), Arc::new(line_col.finish())];
+    cols.extend(fields.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    if schema.keep_raw {
+        cols.push(Arc::new(raw.finish()));
+    }
+    let batch = RecordBatch::try_new(input_schema(schema), cols)?;
+    write_object(&batch, reservation, Holder::Source)
+}
+
+fn decode(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
+    let mut buf = Buffer::from(obj.to_bytes());
+    let mut decoder = StreamDecoder::new();
+    while !buf.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buf)? {
+            return Ok(batch);
+        }
+    }
+    Err(ArrowError::IpcError("object holds no record batch".into()))
+}
+
+fn u64_col(batch: &RecordBatch, name: &str) -> Result<UInt64Array, ArrowError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .cloned()
+        .ok_or_else(|| ArrowError::SchemaError(format!("column {name} missing or not u64")))
+}
+
+fn str_col(batch: &RecordBatch, name: &str) -> Result<StringArray, ArrowError> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .cloned()
+        .ok_or_else(|| ArrowError::SchemaError(format!("column {name} missing or not utf8")))
+}
+
+/// A batch of requests as a backend sees it: columns read in place from the
+/// object store.
+pub struct RequestBatch {
+    rows: UInt64Array,
+    lines: UInt64Array,
+    fields: Vec<StringArray>,
+    raw: Option<StringArray>,
+}
+
+impl RequestBatch {
+    /// Decodes an input object.
+    pub fn decode(obj: &ObjectRef, schema: &RequestSchema) -> Result<Self, ArrowError> {
+        let batch = decode(obj)?;
+        let fields = schema
+            .fields
+            .iter()
+            .map(|f| str_col(&batch, &f.name))
+            .collect::<Result<_, _>>()?;
+        Ok(RequestBatch {
+            rows: u64_col(&batch, ROW)?,
+            lines: u64_col(&batch, LINE)?,
+            fields,
+            raw: if schema.keep_raw {
+                Some(str_col(&batch, RAW)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// A sub-range of the batch (no copy).
+    pub fn slice(&self, start: usize, len: usize) -> Self {
+        let s = |a: &StringArray| a.slice(start, len);
+        RequestBatch {
+            rows: self.rows.slice(start, len),
+            lines: self.lines.slice(start, len),
+            fields: self.fields.iter().map(s).collect(),
+            raw: self.raw.as_ref().map(s),
+        }
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The 0-based input row number of the `i`th row.
+    pub fn row(&self, i: usize) -> u64 {
+        self.rows.value(i)
+    }
+
+    /// The 1-based input line of the `i`th row.
+    pub fn line(&self, i: usize) -> u64 {
+        self.lines.value(i)
+    }
+
+    /// The value of schema field number `field` in row `i`: a decoded string
+    /// for string fields, JSON text for JSON fields; `None` when absent.
+    pub fn field(&self, field: usize, i: usize) -> Option<&str> {
+        let col = &self.fields[field];
+        col.is_valid(i).then(|| col.value(i))
+    }
+
+    /// The row's JSON text, when the schema keeps it.
+    pub fn raw(&self, i: usize) -> Option<&str> {
+        self.raw.as_ref().map(|c| c.value(i))
+    }
+
+    /// The total bytes of the row's JSON text, or of its field values.
+    pub fn data_bytes(&self) -> usize {
+        let f: usize = self.fields.iter().map(|c| c.value_data().len()).sum();
+        f + self.raw.as_ref().map_or(0, |c| c.value_data().len())
+    }
+}
+
+/// Collects a backend's results, one JSON object per row.
+pub struct ResultWriter {
+    rows: UInt64Builder,
+    results: StringBuilder,
+}
+
+impl Default for ResultWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResultWriter {
+    /// An empty writer.
+    pub fn new() -> Self {
+        ResultWriter {
+            rows: UInt64Builder::new(),
+            results: StringBuilder::new(),
+        }
+    }
+
+    /// Adds the result for input row `row`, as JSON text.
+    pub fn push(&mut self, row: u64, json: &str) {
+        self.rows.append_value(row);
+        self.results.append_value(json);
+    }
+
+    /// Adds the result for input row `row`, written by `f` (no extra copy).
+    pub fn push_with(
+        &mut self,
+        row: u64,
+        f: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
+    ) -> std::fmt::Result {
+        self.rows.append_value(row);
+        let r = f(&mut self.results);
+        self.results.append_value("");
+        r
+    }
+
+    /// Results so far.
+    pub fn len(&self) -> usize {
+        self.rows.values_slice().len()
+    }
+
+    /// Whether no result was added.
+    pub fn is_empty(&self) -> bool {
+        self.rows.values_slice().is_empty()
+    }
+
+    /// Bytes of JSON so far.
+    pub fn result_bytes(&self) -> usize {
+        self.results.values_slice().len()
+    }
+
+    /// Drops every result from `len` on (used when a call fails midway).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len() {
+            return;
+        }
+        let rows = self.rows.finish();
+        let results = self.results.finish();
+        *self = ResultWriter::new();
+        for i in 0..len {
+            self.push(rows.value(i), results.value(i));
+        }
+    }
+
+    /// Encodes the results into `reservation` as an output object.
+    pub fn encode(mut self, reservation: Reservation) -> Result<ObjectRef, ArrowError> {
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(self.rows.finish()),
+            Arc::new(self.results.finish()),
+        ];
+        let batch = RecordBatch::try_new(output_schema(), cols)?;
+        write_object(&batch, reservation, Holder::InFlight)
+    }
+}
+
+/// An output object as the Sink reads it.
+pub struct OutputBatch {
+    rows: UInt64Array,
+    results: StringArray,
+}
+
+impl OutputBatch {
+    /// Decodes an output object.
+    pub fn decode(obj: &ObjectRef) -> Result<Self, ArrowError> {
+        let batch = decode(obj)?;
+        Ok(OutputBatch {
+            rows: u64_col(&batch, ROW)?,
+            results: str_col(&batch, RESULT)?,
+        })
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The input row number and result JSON of the `i`th row.
+    pub fn get(&self, i: usize) -> (u64, &str) {
+        (self.rows.value(i), self.results.value(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rows::{parse_row, FieldKind, FieldSpec};
+    use crate::store::ObjectStore;
+
+    fn schema(keep_raw: bool) -> RequestSchema {
+        RequestSchema {
+            fields: vec![FieldSpec {
+                name: "text".into(),
+                kind: FieldKind::String,
+                required: false,
+            }],
+            keep_raw,
+        }
+    }
+
+    #[test]
+    fn input_round_trips_within_its_bound_and_in_place() {
+        let store = ObjectStore::new(1 << 20).unwrap();
+        for keep_raw in [false, true] {
+            let s = schema(keep_raw);
+            for lines in [
+                vec![r#"{}"#.to_string()],
+                vec![r#"{"text":""}"#.to_string(); 9],
+                (0..300)
+                    .map(|i| format!(r#"{{"text":"r{i}\u00e9"}}"#))
+                    .collect(),
+            ] {
+                let bytes: usize = lines.iter().map(|l| l.len()).sum();
+                let rows: Vec<_> = lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (i as u64, i as u64 + 1, parse_row(l.as_bytes(), &s).unwrap()))
+                    .collect();
+                let bound = input_bound(&s, rows.len(), bytes);
+                let res = store.try_reserve(bound).unwrap().unwrap();
+                let obj = encode_input(&s, &rows, res).unwrap();
+                assert!(obj.len() <= bound);
+                let batch = RequestBatch::decode(&obj, &s).unwrap();
+                assert_eq!(batch.len(), rows.len());
+                assert_eq!(batch.line(0), 1);
+                if keep_raw {
+                    assert_eq!(batch.raw(0), Some(lines[0].as_str()));
+                }
+                // The decoded arrays pin the object: one more reference.
+                assert!(obj.ref_count() >= 2);
+                drop(batch);
+                assert_eq!(obj.ref_count(), 1);
+            }
+        }
+        assert_eq!(store.stats().objects, 0);
+    }
+
+    #[test]
+    fn output_round_trips_within_its_bound() {
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let mut w = ResultWriter::new();
+        for i in 0..100u64 {
+            w.push_with(i, |f| write!(f, "{{\"n\":{i}}}")).unwrap();
+        }
+        let bound = output_bound(w.len(), w.result_bytes());
+        let obj = w
+            .encode(store.try_reserve(bound).unwrap().unwrap())
+            .unwrap();
+        let out = OutputBatch::decode(&obj).unwrap();
+        assert_eq!(out.get(42), (42, "{\"n\":42}"));
+    }
+}

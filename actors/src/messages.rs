@@ -1,0 +1,117 @@
+//! Every message between the actors. Data moves only as `ObjectRef`s and
+//! `Reservation`s into the object store; no message carries rows.
+
+use actix::prelude::*;
+
+use crate::error::PipelineError;
+use crate::model::ModelError;
+use crate::rows::RowError;
+use crate::store::{ObjectRef, Reservation};
+
+/// A batch the Source has cut but not yet encoded: its extent and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// 0-based batch index, in input order.
+    pub index: u64,
+    /// Row number of its first row.
+    pub first_row: u64,
+    /// Rows in it (blank lines excluded, bad rows included).
+    pub rows: usize,
+    /// Bytes of its non-blank lines.
+    pub bytes: usize,
+    /// First and last 1-based line numbers.
+    pub lines: (u64, u64),
+    /// Blank lines skipped inside it.
+    pub blank_lines: u64,
+    /// Byte range in the input.
+    pub(crate) range: (usize, usize),
+}
+
+/// Source: cut the next batch. `Ok(None)` at the end of the input.
+#[derive(Message)]
+#[rtype(result = "Result<Option<BatchPlan>, PipelineError>")]
+pub struct PlanBatch;
+
+/// Source: parse, validate and encode a planned batch into `reservation`.
+#[derive(Message)]
+#[rtype(result = "Result<InputBatch, PipelineError>")]
+pub struct ProduceBatch {
+    /// The plan returned by `PlanBatch`.
+    pub plan: BatchPlan,
+    /// Room for the encoded input.
+    pub reservation: Reservation,
+}
+
+/// An encoded input batch.
+#[derive(Debug)]
+pub struct InputBatch {
+    /// Its plan.
+    pub plan: BatchPlan,
+    /// The encoded good rows; `None` when every row was bad.
+    pub object: Option<ObjectRef>,
+    /// Good rows in the object.
+    pub rows: usize,
+    /// Rows refused (on_error = "skip").
+    pub errors: Vec<RowError>,
+}
+
+/// BackendActor: load the model now (actors mode) or do nothing (tasks mode).
+#[derive(Message)]
+#[rtype(result = "Result<(), PipelineError>")]
+pub struct LoadModel;
+
+/// BackendActor: compute one batch.
+#[derive(Message)]
+#[rtype(result = "Computed")]
+pub struct Compute {
+    /// The batch index.
+    pub index: u64,
+    /// The input object.
+    pub input: ObjectRef,
+    /// Room for the output.
+    pub reservation: Reservation,
+}
+
+/// What a BackendActor returns for a batch.
+pub struct Computed {
+    /// The batch index.
+    pub index: u64,
+    /// The output, or the error and the unused reservation (for a retry;
+    /// `None` when the error cannot be retried).
+    pub outcome: Result<ObjectRef, (ModelError, Option<Reservation>)>,
+}
+
+/// Sink: a finished batch, to be written in order.
+#[derive(Message)]
+#[rtype(result = "Result<(), PipelineError>")]
+pub struct Deliver {
+    /// Its plan.
+    pub plan: BatchPlan,
+    /// The output object; `None` when the batch had no good rows.
+    pub output: Option<ObjectRef>,
+    /// Rows refused by the Source.
+    pub errors: Vec<RowError>,
+}
+
+/// Sink: no more batches. `complete` when every batch was delivered.
+#[derive(Message)]
+#[rtype(result = "Result<SinkSummary, PipelineError>")]
+pub struct Finish {
+    /// Whether the whole input was delivered.
+    pub complete: bool,
+}
+
+/// What the Sink wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkSummary {
+    /// Result rows written.
+    pub rows_written: u64,
+    /// Bad rows written to the errors file.
+    pub errors: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Part files committed, in order.
+    pub parts: Vec<String>,
+    /// Output bytes written.
+    pub bytes_written: u64,
+}

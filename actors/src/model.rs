@@ -1,0 +1,57 @@
+//! The `Backend` trait: what a model must offer the pipeline, and nothing
+//! more. Built-in backends and a host's own use this same path.
+
+use std::sync::Arc;
+
+use crate::batch::{RequestBatch, ResultWriter};
+use crate::devices::Device;
+use crate::rows::RequestSchema;
+
+/// A configured backend: knows its request schema and how to load a model.
+/// Loading happens once per actor (or once per process in tasks mode).
+pub trait Backend: Send + Sync + 'static {
+    /// What each input row must contain.
+    fn schema(&self) -> RequestSchema;
+
+    /// An upper bound of the JSON bytes of `rows` results whose requests
+    /// hold `input_bytes` bytes of field values (or row text). The output's
+    /// room in the store is reserved from this before the batch exists.
+    fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize;
+
+    /// Loads the model on `device`.
+    fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError>;
+}
+
+/// A loaded model.
+pub trait Model: Send + Sync + 'static {
+    /// Computes one result per request row, in order, into `out`.
+    fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError>;
+}
+
+/// A model failure. `row` names the input row when the failure is one row's.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelError {
+    /// What went wrong.
+    pub message: String,
+    /// The 0-based input row that caused it, if known.
+    pub row: Option<u64>,
+}
+
+impl ModelError {
+    /// A failure that is not one row's.
+    pub fn new(message: impl Into<String>) -> Self {
+        ModelError {
+            message: message.into(),
+            row: None,
+        }
+    }
+
+    /// A failure caused by input row `row`.
+    pub fn for_row(row: u64, message: impl Into<String>) -> Self {
+        ModelError {
+            message: message.into(),
+            row: Some(row),
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The Source: maps the input file, cuts it into batches of rows, validates
+//! every row against the backend's schema and encodes good rows into the
+//! object store. It produces a batch only when the Scheduler hands it a
+//! reservation, so backpressure lands here.
+//!
+//! ```text
+//!   Scheduler ──PlanBatch──▶ Source ──▶ BatchPlan (extent, rows, bytes)
+//!   Scheduler ──ProduceBatch{plan, reservation}──▶ Source ──▶ InputBatch{ObjectRef}
+//! ```
+//!
+//! The input is never read into the heap: lines are slices of the mapping,
+//! and a row exists in the heap only while its batch is being encoded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use memmap2::Mmap;
+
+use crate::batch::encode_input;
+use crate::error::PipelineError;
+use crate::messages::{BatchPlan, InputBatch, PlanBatch, ProduceBatch};
+use crate::rows::{
+    data_start, excerpt, parse_row, Line, Lines, ParsedRow, RequestSchema, RowError, RowProblem,
+};
+
+/// A memory-mapped input file.
+pub struct InputFile {
+    path: PathBuf,
+    shown: Arc<str>,
+    map: Option<Mmap>,
+}
+
+impl InputFile {
+    /// Maps `path`. An empty file maps to no bytes.
+    pub fn open(path: &Path) -> Result<Self, PipelineError> {
+        let err = |source| PipelineError::Input {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        if meta.is_dir() {
+            return Err(err(std::io::Error::other(
+                "is a directory, expected a JSON Lines file",
+            )));
+        }
+        // SAFETY: the map is read-only; a file truncated by another process
+        // while it runs is outside what stook can defend against (documented).
+        let map = if meta.len() == 0 {
+            None
+        } else {
+            Some(unsafe { Mmap::map(&file) }.map_err(err)?)
+        };
+        if let Some(m) = &map {
+            // Rows are read front to back, once.
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
+        Ok(InputFile {
+            path: path.to_path_buf(),
+            shown: path.display().to_string().into(),
+            map,
+        })
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path as shown in messages.
+    pub fn shown(&self) -> Arc<str> {
+        self.shown.clone()
+    }
+
+    /// Checks every row, on `threads` threads, keeping at most `keep` errors
+    /// (all are counted).
+    pub fn validate(
+        &self,
+        schema: &RequestSchema,
+        limits: &RowLimits,
+        threads: usize,
+        keep: usize,
+    ) -> Validation {
+        let data = self.bytes();
+        let start = data_start(data);
+        let chunks = split_at_lines(data, start, threads.max(1));
+        let parts: Vec<Validation> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .map(|&(a, b)| s.spawn(move || self.validate_range(schema, limits, a, b, keep)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let mut total = Validation::default();
+        let (mut lines_before, mut rows_before) = (0u64, 0u64);
+        for part in parts {
+            for mut e in part.errors {
+                e.line += lines_before;
+                e.row += rows_before;
+                if total.errors.len() < keep {
+                    total.errors.push(e);
+                }
+            }
+            total.error_count += part.error_count;
+            total.rows += part.rows;
+            total.blank_lines += part.blank_lines;
+            lines_before += part.lines;
+            rows_before += part.rows;
+            total.lines += part.lines;
+        }
+        total
+    }
+
+    fn validate_range(
+        &self,
+        schema: &RequestSchema,
+        limits: &RowLimits,
+        a: usize,
+        b: usize,
+        keep: usize,
+    ) -> Validation {
+        let mut v = Validation::default();
+        for line in Lines::new(&self.bytes()[..b], a, 1) {
+            v.lines += 1;
+            if line.is_blank() {
+                v.blank_lines += 1;
+                continue;
+            }
+            if let Err(e) = check_row(&line, schema, limits) {
+                v.error_count += 1;
+                if v.errors.len() < keep {
+                    v.errors.push(row_error(&self.shown, &line, v.rows, e));
+                }
+            }
+            v.rows += 1;
+        }
+        v
+    }
+}
+
+/// Cuts `data[start..]` into about `n` ranges that end at line ends.
+fn split_at_lines(data: &[u8], start: usize, n: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut a = start;
+    let step = (data.len() - start) / n + 1;
+    while a < data.len() {
+        let guess = (a + step).min(data.len());
+        let b = match memchr::memchr(b'\n', &data[guess..]) {
+            Some(i) if guess < data.len() => guess + i + 1,
+            _ => data.len(),
+        };
+        out.push((a, b));
+        a = b;
+    }
+    out
+}
+
+/// The result of checking every row.
+#[derive(Clone, Debug, Default)]
+pub struct Validation {
+    /// Lines read.
+    pub lines: u64,
+    /// Rows (non-blank lines).
+    pub rows: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Bad rows found.
+    pub error_count: u64,
+    /// The first bad rows, in input order.
+    pub errors: Vec<RowError>,
+}
+
+/// Limits on a single row.
+#[derive(Clone, Copy, Debug)]
+pub struct RowLimits {
+    /// The longest line accepted, in bytes.
+    pub max_line_bytes: usize,
+}
+
+fn check_row<'a>(
+    line: &Line<'a>,
+    schema: &RequestSchema,
+    limits: &RowLimits,
+) -> Result<ParsedRow<'a>, RowProblem> {
+    if line.bytes.len() > limits.max_line_bytes {
+        return Err(RowProblem {
+            column: None,
+            message: format!(
+                "the line is {} bytes long, more than input.max_line_bytes = {} bytes",
+                line.bytes.len(),
+                limits.max_line_bytes
+            ),
+        });
+    }
+    parse_row(line.bytes, schema)
+}
+
+fn row_error(path: &Arc<str>, line: &Line<'_>, row: u64, p: RowProblem) -> RowError {
+    RowError {
+        path: path.clone(),
+        line: line.number,
+        row,
+        excerpt: excerpt(line.bytes, p.column),
+        column: p.column,
+        message: p.message,
+    }
+}
+
+/// What the Source needs to know.
+pub struct SourceConfig {
+    /// The backend's request schema.
+    pub schema: RequestSchema,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Row limits.
+    pub limits: RowLimits,
+    /// Skip bad rows (true) or stop at the first (false).
+    pub skip_bad_rows: bool,
+}
+
+/// The Source actor.
+pub struct Source {
+    input: InputFile,
+    cfg: SourceConfig,
+    pos: usize,
+    next_line: u64,
+    next_row: u64,
+    next_index: u64,
+}
+
+impl Source {
+    /// A Source over `input`, at its first row.
+    pub fn new(input: InputFile, cfg: SourceConfig) -> Self {
+        let pos = data_start(input.bytes());
+        Source {
+            input,
+            cfg,
+            pos,
+            next_line: 1,
+            next_row: 0,
+            next_index: 0,
+        }
+    }
+
+    fn plan(&mut self) -> Option<BatchPlan> {
+        let mut lines = Lines::new(self.input.bytes(), self.pos, self.next_line);
+        let (first_pos, first_line) = (self.pos, self.next_line);
+        let (mut rows, mut bytes, mut blank, mut last) = (0usize, 0usize, 0u64, first_line);
+        while rows < self.cfg.batch_size {
+            let Some(line) = lines.next() else { break };
+            last = line.number;
+            if line.is_blank() {
+                blank += 1;
+                continue;
+            }
+            rows += 1;
+            if line.bytes.len() <= self.cfg.limits.max_line_bytes {
+                bytes += line.bytes.len();
+            }
+        }
+        if rows == 0 && blank == 0 {
+            return None;
+        }
+        let plan = BatchPlan {
+            index: self.next_index,
+            first_row: self.next_row,
+            rows,
+            bytes,
+            lines: (first_line, last),
+            blank_lines: blank,
+            range: (first_pos, lines.position()),
+        };
+        self.pos = lines.position();
+        self.next_line = lines.next_number();
+        self.next_row += rows as u64;
+        self.next_index += 1;
+        Some(plan)
+    }
+
+    fn produce(
+        &self,
+        plan: BatchPlan,
+        reservation: crate::store::Reservation,
+    ) -> Result<InputBatch, PipelineError> {
+        let (a, b) = plan.range;
+        let mut good = Vec::with_capacity(plan.rows);
+        let mut errors = Vec::new();
+        let mut row = plan.first_row;
+        for line in Lines::new(&self.input.bytes()[..b], a, plan.lines.0) {
+            if line.is_blank() {
+                continue;
+            }
+            match check_row(&line, &self.cfg.schema, &self.cfg.limits) {
+                Ok(parsed) => good.push((row, line.number, parsed)),
+                Err(p) => {
+                    let e = row_error(&self.input.shown, &line, row, p);
+                    if !self.cfg.skip_bad_rows {
+                        return Err(PipelineError::Row(Box::new(e)));
+                    }
+                    errors.push(e);
+                }
+            }
+            row += 1;
+        }
+        let rows = good.len();
+        let object = if good.is_empty() {
+            None
+        } else {
+            Some(encode_input(&self.cfg.schema, &good, reservation)?)
+        };
+        Ok(InputBatch {
+            plan,
+            object,
+            rows,
+            errors,
+        })
+    }
+}
+
+impl Actor for Source {
+    type Context = Context<Self>;
+}
+
+impl Handler<PlanBatch> for Source {
+    type Result = Result<Option<BatchPlan>, PipelineError>;
+
+    fn handle(&mut self, _: PlanBatch, _: &mut Context<Self>) -> Self::Result {
+        Ok(self.plan())
+    }
+}
+
+impl Handler<ProduceBatch> for Source {
+    type Result = Result<InputBatch, PipelineError>;
+
+    fn handle(&mut self, msg: ProduceBatch, _: &mut Context<Self>) -> Self::Result {
+        self.produce(msg.plan, msg.reservation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_only_at_line_ends() {
+        let data = b"aaa\nbb\ncccc\nd";
+        for n in 1..6 {
+            let parts = split_at_lines(data, 0, n);
+            assert_eq!(parts.first().unwrap().0, 0);
+            assert_eq!(parts.last().unwrap().1, data.len());
+            for w in parts.windows(2) {
+                assert_eq!(w[0].1, w[1].0);
+                assert_eq!(data[w[0].1 - 1], b'\n');
+            }
+        }
+    }
+}
