@@ -1,1 +1,236 @@
-fn main() {}
+//! The `stook` command: parses arguments, loads the config, calls the
+//! library, maps errors to exit codes. Everything it does, a host can do
+//! through the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use stook::bench::{self, PipelineBench};
+use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError};
+
+/// Exit codes.
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+const EXIT_BAD_INPUT: u8 = 3;
+const EXIT_CANCELLED: u8 = 130;
+
+#[derive(Parser)]
+#[command(
+    name = "stook",
+    version,
+    about = "Run a model over every row of a dataset, in order, within a memory budget"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job.
+    Run {
+        /// The job's config file (TOML).
+        config: PathBuf,
+        /// Delete stook's files in the output directory first.
+        #[arg(long)]
+        fresh: bool,
+        /// Print the run report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the config and every input row; loads no model.
+    Validate {
+        /// The job's config file (TOML).
+        config: PathBuf,
+    },
+    /// List the registered backends and what each row must contain.
+    Backends,
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// stook with the echo backend against a plain serde_json loop.
+    Pipeline(PipelineBench),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let registry = BackendRegistry::with_builtins();
+    match cli.command {
+        Command::Run {
+            config,
+            fresh,
+            json,
+        } => run(&registry, &config, fresh, json),
+        Command::Validate { config } => validate(&registry, &config),
+        Command::Backends => {
+            for (name, summary, schema) in registry.describe() {
+                println!("{name}\n  {summary}\n  rows: {schema}");
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Bench {
+            which: BenchCommand::Pipeline(args),
+        } => match bench::pipeline(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string(), EXIT_FAILED),
+        },
+    }
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn exit_code(e: &RunError) -> u8 {
+    match e {
+        RunError::Config(_) => EXIT_CONFIG,
+        RunError::InvalidInput { .. } | RunError::NoRows { .. } => EXIT_BAD_INPUT,
+        RunError::Pipeline(stook_actors::PipelineError::Row(_)) => EXIT_BAD_INPUT,
+        e if e.is_cancelled() => EXIT_CANCELLED,
+        _ => EXIT_FAILED,
+    }
+}
+
+fn load(registry: &BackendRegistry, path: &Path) -> Result<Job, RunError> {
+    let config = JobConfig::load(path)?;
+    Job::new(config, registry, path)
+}
+
+fn validate(registry: &BackendRegistry, path: &Path) -> ExitCode {
+    let job = match load(registry, path) {
+        Ok(j) => j,
+        Err(e) => return fail(&e.to_string(), exit_code(&e)),
+    };
+    match job.validate() {
+        Ok(v) if v.error_count == 0 => {
+            eprintln!(
+                "{}: {} rows OK, {} blank lines",
+                job.config().input.path.display(),
+                v.rows,
+                v.blank_lines
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            let e = RunError::InvalidInput {
+                errors: v.errors,
+                count: v.error_count,
+            };
+            fail(&e.to_string(), EXIT_BAD_INPUT)
+        }
+        Err(e) => fail(&e.to_string(), exit_code(&e)),
+    }
+}
+
+fn run(registry: &BackendRegistry, path: &Path, fresh: bool, json: bool) -> ExitCode {
+    let job = match load(registry, path) {
+        Ok(j) => j,
+        Err(e) => return fail(&e.to_string(), exit_code(&e)),
+    };
+    let control = RunControl {
+        fresh,
+        ..RunControl::default()
+    };
+    install_ctrl_c(control.cancel.clone());
+    let bar = progress_bar(&control);
+    let result = job.run_blocking(control);
+    bar.finish();
+    match result {
+        Ok(report) => {
+            eprintln!("{}", report.summary(&job.config().output.path));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.is_cancelled() => {
+            eprintln!("stook: cancelled; committed shards are kept in the output directory");
+            ExitCode::from(EXIT_CANCELLED)
+        }
+        Err(e) => fail(&e.to_string(), exit_code(&e)),
+    }
+}
+
+/// First Ctrl-C: stop admitting work and finish cleanly. Second: exit now.
+fn install_ctrl_c(cancel: Arc<AtomicBool>) {
+    let presses = AtomicUsize::new(0);
+    let r = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\nstook: stopping after the batches in flight (Ctrl-C again to exit now)");
+            cancel.store(true, Ordering::SeqCst);
+        } else {
+            std::process::exit(i32::from(EXIT_CANCELLED));
+        }
+    });
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot install the Ctrl-C handler");
+    }
+}
+
+/// Rows, rows/s and ETA on a terminal; nothing when stderr is not one.
+struct Bar {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Bar {
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn progress_bar(control: &RunControl) -> Bar {
+    let stop = Arc::new(AtomicBool::new(false));
+    if !std::io::stderr().is_terminal() {
+        return Bar { stop, thread: None };
+    }
+    let progress = control.progress.clone();
+    let stop2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        while !stop2.load(Ordering::SeqCst) {
+            let s = progress.snapshot();
+            bar.set_length(s.rows_total);
+            bar.set_position(s.rows_done);
+            if s.errors > 0 {
+                bar.set_message(format!("{} bad", s.errors));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    });
+    Bar {
+        stop,
+        thread: Some(thread),
+    }
+}

@@ -1,0 +1,562 @@
+//! The job config: typed, `deny_unknown_fields`, read once, and checked in
+//! one pass that reports every problem with its TOML key.
+//!
+//! Relative paths are resolved against the config file's directory, so a
+//! config means the same thing from any working directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A whole job.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobConfig {
+    /// `[input]`
+    pub input: InputConfig,
+    /// `[output]`
+    pub output: OutputConfig,
+    /// `[model]`
+    pub model: ModelConfig,
+    /// `[batch]`
+    pub batch: BatchConfig,
+    /// `[memory]`
+    pub memory: MemoryConfig,
+    /// `[checkpoint]`
+    pub checkpoint: CheckpointConfig,
+}
+
+/// `[input]`: where rows come from.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// A JSON Lines file.
+    pub path: PathBuf,
+    /// The longest line accepted.
+    #[serde(default = "default_max_line")]
+    pub max_line_bytes: ByteSize,
+}
+
+/// `[output]`: where results go.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// A directory: part files, manifest, errors, report.
+    pub path: PathBuf,
+    /// Write results in input order (default) or as they finish.
+    #[serde(default = "yes")]
+    pub preserve_order: bool,
+}
+
+/// `[model]`: which backend, with its own options.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A registered backend's name.
+    pub backend: String,
+    /// The backend's options, checked by the backend.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+/// How work is executed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compute {
+    /// A fixed pool of actors, each with its own model.
+    Actors,
+    /// Stateless workers sharing one model, loaded once per process.
+    Tasks,
+}
+
+/// What to do with a bad input row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Refuse the whole input before any model loads.
+    Fail,
+    /// Write the row to the errors file and go on.
+    Skip,
+}
+
+/// `[batch]`: batching and execution.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Rows per batch.
+    #[serde(default = "default_batch_size")]
+    pub size: usize,
+    /// `actors` or `tasks`.
+    #[serde(default = "default_compute")]
+    pub compute: Compute,
+    /// Actors (or workers, in tasks mode).
+    #[serde(default = "default_actors")]
+    pub num_actors: usize,
+    /// GPUs per actor; fractions share a GPU.
+    #[serde(default)]
+    pub num_gpus_per_actor: f64,
+    /// `fail` or `skip`.
+    #[serde(default = "default_on_error")]
+    pub on_error: OnError,
+    /// Retries of a failed batch.
+    #[serde(default = "default_retries")]
+    pub max_retries: u32,
+    /// Batches admitted ahead of the oldest unfinished one (order on).
+    /// Default: 2 × num_actors + 2.
+    #[serde(default)]
+    pub reorder_window: Option<usize>,
+}
+
+/// `[memory]`: the byte budget.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// The object store's budget.
+    #[serde(default = "default_store")]
+    pub object_store: ByteSize,
+}
+
+/// `[checkpoint]`: how output is cut into committed shards.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Rows per shard (rounded up to whole batches).
+    #[serde(default = "default_shard_rows")]
+    pub shard_rows: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_line() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn default_batch_size() -> usize {
+    256
+}
+fn default_compute() -> Compute {
+    Compute::Actors
+}
+fn default_actors() -> usize {
+    2
+}
+fn default_on_error() -> OnError {
+    OnError::Fail
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_store() -> ByteSize {
+    ByteSize(256 << 20)
+}
+fn default_shard_rows() -> usize {
+    100_000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            size: default_batch_size(),
+            compute: default_compute(),
+            num_actors: default_actors(),
+            num_gpus_per_actor: 0.0,
+            on_error: default_on_error(),
+            max_retries: default_retries(),
+            reorder_window: None,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            object_store: default_store(),
+        }
+    }
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            shard_rows: default_shard_rows(),
+        }
+    }
+}
+
+impl BatchConfig {
+    /// The reorder window in force.
+    pub fn window(&self) -> usize {
+        self.reorder_window.unwrap_or(2 * self.num_actors + 2)
+    }
+}
+
+/// One problem in a config, with its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The TOML key, dotted (`batch.size`), or empty for the whole file.
+    pub key: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem at `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors {
+    /// The config file.
+    pub path: PathBuf,
+    /// The problems, in file order where known.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {n} problem{}",
+            self.path.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.key.is_empty() {
+                write!(f, "\n  {}", p.message)?;
+            } else {
+                write!(f, "\n  {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+const SECTIONS: [&str; 6] = ["input", "output", "model", "batch", "memory", "checkpoint"];
+
+impl JobConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            path: path.to_path_buf(),
+            problems: vec![ConfigProblem::new(
+                "",
+                format!("cannot read the config: {e}"),
+            )],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|problems| ConfigErrors {
+            path: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses config text; relative paths are taken from `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, Vec<ConfigProblem>> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            vec![ConfigProblem::new("", format!("{at}invalid TOML: {msg}"))]
+        })?;
+        let mut problems = Vec::new();
+        for key in table.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(ConfigProblem::new(
+                    key.clone(),
+                    format!("unknown section, expected one of: {}", SECTIONS.join(", ")),
+                ));
+            }
+        }
+        let input = section::<InputConfig>(&table, "input", true, &mut problems);
+        let output = section::<OutputConfig>(&table, "output", true, &mut problems);
+        let model = section::<ModelConfig>(&table, "model", true, &mut problems);
+        let batch = section::<BatchConfig>(&table, "batch", false, &mut problems);
+        let memory = section::<MemoryConfig>(&table, "memory", false, &mut problems);
+        let checkpoint = section::<CheckpointConfig>(&table, "checkpoint", false, &mut problems);
+        if let Some(b) = &batch {
+            check_batch(b, &mut problems);
+        }
+        if let Some(c) = &checkpoint {
+            if c.shard_rows == 0 {
+                problems.push(ConfigProblem::new(
+                    "checkpoint.shard_rows",
+                    "expected at least 1, found 0",
+                ));
+            }
+        }
+        if let Some(i) = &input {
+            if i.max_line_bytes.0 == 0 {
+                problems.push(ConfigProblem::new(
+                    "input.max_line_bytes",
+                    "expected more than 0 bytes",
+                ));
+            }
+        }
+        match (input, output, model, batch, memory, checkpoint) {
+            (
+                Some(mut input),
+                Some(mut output),
+                Some(model),
+                Some(batch),
+                Some(memory),
+                Some(checkpoint),
+            ) if problems.is_empty() => {
+                input.path = base.join(&input.path);
+                output.path = base.join(&output.path);
+                Ok(JobConfig {
+                    input,
+                    output,
+                    model,
+                    batch,
+                    memory,
+                    checkpoint,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+
+    /// Rows per shard rounded to whole batches, as a count of batches.
+    pub fn shard_batches(&self) -> u64 {
+        (self.checkpoint.shard_rows.div_ceil(self.batch.size)).max(1) as u64
+    }
+}
+
+fn check_batch(b: &BatchConfig, problems: &mut Vec<ConfigProblem>) {
+    if b.size == 0 {
+        problems.push(ConfigProblem::new(
+            "batch.size",
+            "expected at least 1, found 0",
+        ));
+    }
+    if b.num_actors == 0 || b.num_actors > 1024 {
+        problems.push(ConfigProblem::new(
+            "batch.num_actors",
+            format!("expected 1 to 1024, found {}", b.num_actors),
+        ));
+    }
+    if !(b.num_gpus_per_actor >= 0.0 && b.num_gpus_per_actor.is_finite()) {
+        problems.push(ConfigProblem::new(
+            "batch.num_gpus_per_actor",
+            format!("expected 0 or more, found {}", b.num_gpus_per_actor),
+        ));
+    }
+    if b.reorder_window == Some(0) {
+        problems.push(ConfigProblem::new(
+            "batch.reorder_window",
+            "expected at least 1, found 0",
+        ));
+    }
+}
+
+/// Deserialises `[name]`, reporting a problem with its full key.
+fn section<T: DeserializeOwned>(
+    table: &toml::Table,
+    name: &str,
+    required: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<T> {
+    let value = match table.get(name) {
+        Some(v) => v.clone(),
+        None if required => {
+            problems.push(ConfigProblem::new(name, "missing section"));
+            return None;
+        }
+        None => toml::Value::Table(toml::Table::new()),
+    };
+    parse_value(value, name).map_err(|p| problems.push(p)).ok()
+}
+
+/// Deserialises a TOML value, naming the failing key under `prefix`.
+pub fn parse_value<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+) -> Result<T, ConfigProblem> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() {
+            prefix.to_string()
+        } else {
+            format!("{prefix}.{path}")
+        };
+        let message = e.into_inner().to_string();
+        let message = message.lines().next().unwrap_or_default().to_string();
+        // `unknown field` names the field in the message; keep key at the table.
+        ConfigProblem::new(key, message)
+    })
+}
+
+/// A size in bytes, written `256MiB`, `64 MB`, `1GiB` or `1048576`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// As usize.
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("expected a size like \"256MiB\" or \"64 MB\", found {s:?}"))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "kb" => 1000,
+            "m" | "mib" => 1 << 20,
+            "mb" => 1_000_000,
+            "g" | "gib" => 1 << 30,
+            "gb" => 1_000_000_000,
+            "t" | "tib" => 1 << 40,
+            "tb" => 1_000_000_000_000,
+            _ => return Err(format!(
+                "unknown unit {unit:?} in {s:?}, expected B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            )),
+        };
+        let bytes = n * mult as f64;
+        if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+            return Err(format!("size out of range: {s:?}"));
+        }
+        Ok(ByteSize(bytes as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0 as f64;
+        let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        for (m, u) in units {
+            if self.0 >= m {
+                return write!(f, "{:.1} {u}", b / m as f64);
+            }
+        }
+        write!(f, "{} B", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a size: a number of bytes or a string like \"256MiB\"",
+            )
+        })? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [input]
+        path = "data/in.jsonl"
+        [output]
+        path = "out"
+        [model]
+        backend = "echo"
+    "#;
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = JobConfig::from_toml(GOOD, Path::new("/cfg")).unwrap();
+        assert_eq!(c.input.path, Path::new("/cfg/data/in.jsonl"));
+        assert_eq!(c.batch.size, 256);
+        assert_eq!(c.batch.compute, Compute::Actors);
+        assert_eq!(c.memory.object_store, ByteSize(256 << 20));
+        assert!(c.output.preserve_order);
+        assert_eq!(c.batch.window(), 6);
+    }
+
+    #[test]
+    fn reports_every_problem_with_its_key() {
+        let text = r#"
+            [input]
+            path = "x"
+            [output]
+            path = "o"
+            preserve_ordr = true
+            [model]
+            backend = "echo"
+            [batch]
+            size = 0
+            num_actors = "two"
+            [memory]
+            object_store = "12 parsecs"
+            [extra]
+        "#;
+        let p = JobConfig::from_toml(text, Path::new(".")).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"extra"), "{p:?}");
+        assert!(keys.contains(&"output"), "{p:?}");
+        assert!(
+            p.iter().any(|p| p.message.contains("preserve_ordr")),
+            "{p:?}"
+        );
+        assert!(keys.contains(&"batch.num_actors"), "{p:?}");
+        assert!(keys.contains(&"memory.object_store"), "{p:?}");
+        assert!(p.iter().any(|p| p.message.contains("parsecs")), "{p:?}");
+    }
+
+    #[test]
+    fn semantic_checks_and_missing_sections() {
+        let text = "[input]\npath = \"x\"\n[batch]\nsize = 0\nnum_gpus_per_actor = -1\n";
+        let p = JobConfig::from_toml(text, Path::new(".")).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in ["output", "model", "batch.size", "batch.num_gpus_per_actor"] {
+            assert!(keys.contains(&k), "{k} not in {p:?}");
+        }
+        let p = JobConfig::from_toml("[input\n", Path::new(".")).unwrap_err();
+        assert!(p[0].message.starts_with("line 1: invalid TOML"), "{p:?}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!("256MiB".parse::<ByteSize>().unwrap(), ByteSize(256 << 20));
+        assert_eq!("64 MB".parse::<ByteSize>().unwrap(), ByteSize(64_000_000));
+        assert_eq!("1.5 KiB".parse::<ByteSize>().unwrap(), ByteSize(1536));
+        assert_eq!("4096".parse::<ByteSize>().unwrap(), ByteSize(4096));
+        assert!("12 parsecs".parse::<ByteSize>().is_err());
+        assert!("-1MiB".parse::<ByteSize>().is_err());
+        assert_eq!(ByteSize(64 << 20).to_string(), "64.0 MiB");
+    }
+}

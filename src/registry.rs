@@ -1,0 +1,109 @@
+//! The backend registry: backends by name, each built from its own typed
+//! options. The built-in backends and a host's own register the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use stook_actors::Backend;
+
+use crate::config::{parse_value, ConfigProblem, ModelConfig};
+
+/// A backend's `[model.options]` table, parsed on request into its own type.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions(toml::Table);
+
+impl BackendOptions {
+    /// Options from a TOML table.
+    pub fn new(table: toml::Table) -> Self {
+        BackendOptions(table)
+    }
+
+    /// Deserialises the options; errors name their `model.options.*` key.
+    /// Use `#[serde(deny_unknown_fields)]` on `T` so that typos are errors.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Vec<ConfigProblem>> {
+        parse_value(toml::Value::Table(self.0.clone()), "model.options").map_err(|p| vec![p])
+    }
+}
+
+/// Builds a backend from its options.
+pub type BackendFactory =
+    Arc<dyn Fn(&BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> + Send + Sync>;
+
+struct Entry {
+    summary: String,
+    factory: BackendFactory,
+}
+
+/// Backends by name.
+#[derive(Default)]
+pub struct BackendRegistry {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl BackendRegistry {
+    /// A registry with no backends.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// A registry with the built-in backends (`echo`, `synthetic`).
+    pub fn with_builtins() -> Self {
+        let mut r = Self::empty();
+        crate::backends::register_builtins(&mut r);
+        r
+    }
+
+    /// Adds (or replaces) a backend.
+    pub fn register(
+        &mut self,
+        name: &str,
+        summary: &str,
+        factory: impl Fn(&BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>>
+            + Send
+            + Sync
+            + 'static,
+    ) {
+        self.entries.insert(
+            name.to_string(),
+            Entry {
+                summary: summary.to_string(),
+                factory: Arc::new(factory),
+            },
+        );
+    }
+
+    /// Builds the backend a `[model]` section names.
+    pub fn create(&self, model: &ModelConfig) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
+        let Some(entry) = self.entries.get(&model.backend) else {
+            return Err(vec![ConfigProblem::new(
+                "model.backend",
+                format!(
+                    "unknown backend {:?}, expected one of: {}",
+                    model.backend,
+                    self.names().join(", ")
+                ),
+            )]);
+        };
+        (entry.factory)(&BackendOptions::new(model.options.clone()))
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    /// Name, summary and row schema (with default options) of each backend.
+    pub fn describe(&self) -> Vec<(String, String, String)> {
+        self.entries
+            .iter()
+            .map(|(name, e)| {
+                let schema = match (e.factory)(&BackendOptions::default()) {
+                    Ok(b) => b.schema().describe(),
+                    Err(_) => "(depends on its options)".to_string(),
+                };
+                (name.clone(), e.summary.clone(), schema)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,138 @@
+//! The run report: printed as a summary, written as `_report.json`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use stook_actors::messages::SinkSummary;
+use stook_actors::{Device, ProgressSnapshot, StoreStats};
+
+use crate::config::{ByteSize, JobConfig};
+
+/// What a finished run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// Input rows (non-blank lines).
+    pub rows: u64,
+    /// Result rows written.
+    pub rows_written: u64,
+    /// Bad rows (written to the errors file).
+    pub errors: u64,
+    /// Blank lines skipped.
+    pub blank_lines: u64,
+    /// Wall time in seconds.
+    pub wall_seconds: f64,
+    /// Input rows per second of wall time.
+    pub rows_per_second: f64,
+    /// Peak live + reserved bytes in the object store.
+    pub peak_store_bytes: u64,
+    /// The object store's budget.
+    pub store_budget_bytes: u64,
+    /// Most objects held at once.
+    pub peak_store_objects: u64,
+    /// Objects and reservations still held when the run ended (always 0).
+    pub leaked_store_objects: u64,
+    /// Peak resident memory of the process.
+    pub peak_rss_bytes: u64,
+    /// Models loaded.
+    pub model_loads: u64,
+    /// `actors` or `tasks`.
+    pub compute: crate::config::Compute,
+    /// Actors (or workers).
+    pub num_actors: usize,
+    /// The device of each actor.
+    pub devices: Vec<String>,
+    /// Whether results are in input order.
+    pub preserve_order: bool,
+    /// Part files, in order.
+    pub parts: Vec<String>,
+    /// Output bytes.
+    pub bytes_written: u64,
+}
+
+impl RunReport {
+    /// Gathers the report.
+    pub fn new(
+        cfg: &JobConfig,
+        sink: &SinkSummary,
+        progress: ProgressSnapshot,
+        store: &StoreStats,
+        wall: Duration,
+        peak_rss_bytes: u64,
+        devices: &[Device],
+    ) -> Self {
+        let secs = wall.as_secs_f64();
+        let rows = sink.rows_written + sink.errors;
+        RunReport {
+            rows,
+            rows_written: sink.rows_written,
+            errors: sink.errors,
+            blank_lines: sink.blank_lines,
+            wall_seconds: secs,
+            rows_per_second: if secs > 0.0 { rows as f64 / secs } else { 0.0 },
+            peak_store_bytes: store.peak,
+            store_budget_bytes: store.budget,
+            peak_store_objects: store.peak_objects,
+            leaked_store_objects: store.objects + store.reservations,
+            peak_rss_bytes,
+            model_loads: progress.model_loads,
+            compute: cfg.batch.compute,
+            num_actors: cfg.batch.num_actors,
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+            preserve_order: cfg.output.preserve_order,
+            parts: sink.parts.clone(),
+            bytes_written: sink.bytes_written,
+        }
+    }
+
+    /// Writes the report as JSON.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text + "\n")
+    }
+
+    /// A short human summary.
+    pub fn summary(&self, output: &Path) -> String {
+        format!(
+            "{} rows → {} ({} part{}): {} written, {} bad, {} blank lines skipped\n\
+             wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}, {} model load{} on {}",
+            self.rows,
+            output.display(),
+            self.parts.len(),
+            if self.parts.len() == 1 { "" } else { "s" },
+            self.rows_written,
+            self.errors,
+            self.blank_lines,
+            self.wall_seconds,
+            self.rows_per_second,
+            ByteSize(self.peak_store_bytes),
+            ByteSize(self.store_budget_bytes),
+            ByteSize(self.peak_rss_bytes),
+            self.model_loads,
+            if self.model_loads == 1 { "" } else { "s" },
+            self.devices.first().map_or("-", String::as_str),
+        )
+    }
+}
+
+/// The process's peak resident set (VmHWM), or 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_kib("VmHWM:") * 1024
+}
+
+/// The process's current resident set (VmRSS), or 0 where unknown.
+pub fn rss_bytes() -> u64 {
+    proc_status_kib("VmRSS:") * 1024
+}
+
+fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

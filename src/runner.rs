@@ -1,0 +1,363 @@
+//! The Runner: turns a checked config into a running pipeline and a report.
+//!
+//! ```text
+//!  Job::new(config, registry)   builds the backend from its options (no model yet)
+//!  job.validate()               checks every row; loads no model
+//!  job.run(control).await       validate (on_error = "fail") → devices → store →
+//!                               Source, Sink, BackendActors on their own arbiters,
+//!                               Scheduler here → report; every thread joined
+//! ```
+//!
+//! Everything runs inside the caller's `actix::System`; [`Job::run_blocking`]
+//! makes one for callers that have none.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
+use stook_actors::sink::{Sink, SinkConfig, ERRORS, MANIFEST, SUCCESS};
+use stook_actors::source::{InputFile, RowLimits, Source, SourceConfig, Validation};
+use stook_actors::{
+    Backend, BackendActor, Device, GpuInventory, ObjectStore, PipelineError, Progress, RowError,
+    SharedModel,
+};
+
+use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
+use crate::registry::BackendRegistry;
+use crate::report::{peak_rss_bytes, RunReport};
+
+/// Bad rows shown in an error; all are counted.
+pub const ERRORS_SHOWN: usize = 20;
+/// The report's name in the output directory.
+pub const REPORT: &str = "_report.json";
+
+/// Why a job did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    /// Rows are bad and on_error = "fail".
+    #[error("{}", invalid_input_message(.errors, *.count))]
+    InvalidInput {
+        /// The first bad rows.
+        errors: Vec<RowError>,
+        /// How many in all.
+        count: u64,
+    },
+    /// The input holds no row.
+    #[error("{}: the input has no rows (the file is empty or only blank lines)", .path.display())]
+    NoRows {
+        /// The input.
+        path: PathBuf,
+    },
+    /// The output directory holds files that are not this job's.
+    #[error(
+        "{}: the output directory is not empty (it holds {found}); remove it, choose another \
+         output.path, or pass --fresh to delete stook's files there",
+        .dir.display()
+    )]
+    OutputNotEmpty {
+        /// The directory.
+        dir: PathBuf,
+        /// One file found.
+        found: String,
+    },
+    /// The output directory could not be prepared.
+    #[error("{}: {source}", .path.display())]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The pipeline stopped.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+fn invalid_input_message(errors: &[RowError], count: u64) -> String {
+    let mut s: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    if count > errors.len() as u64 {
+        s.push(format!(
+            "… and {} more bad rows",
+            count - errors.len() as u64
+        ));
+    }
+    s.push(format!(
+        "{count} bad row{} (set batch.on_error = \"skip\" to write them to {ERRORS} and go on)",
+        if count == 1 { "" } else { "s" }
+    ));
+    s.join("\n")
+}
+
+impl RunError {
+    /// Whether the run was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, RunError::Pipeline(PipelineError::Cancelled))
+    }
+}
+
+/// What the caller controls while a job runs.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Set to stop: no new batches; in-flight ones finish; complete shards stay.
+    pub cancel: Arc<AtomicBool>,
+    /// Live counters.
+    pub progress: Arc<Progress>,
+    /// Delete stook's files in the output directory first.
+    pub fresh: bool,
+    /// In tasks mode, the model slot to use (a host may share one across
+    /// runs); a new one per run if `None`.
+    pub shared_model: Option<Arc<SharedModel>>,
+}
+
+/// A job: a checked config and its backend.
+pub struct Job {
+    config: JobConfig,
+    backend: Arc<dyn Backend>,
+}
+
+impl Job {
+    /// Builds the job's backend from `[model]`; loads nothing.
+    pub fn new(
+        config: JobConfig,
+        registry: &BackendRegistry,
+        config_path: &Path,
+    ) -> Result<Self, RunError> {
+        let backend = registry
+            .create(&config.model)
+            .map_err(|problems| ConfigErrors {
+                path: config_path.to_path_buf(),
+                problems,
+            })?;
+        Ok(Job { config, backend })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    fn limits(&self) -> RowLimits {
+        RowLimits {
+            max_line_bytes: self.config.input.max_line_bytes.as_usize(),
+        }
+    }
+
+    /// Checks every input row against the backend's schema; loads no model.
+    pub fn validate(&self) -> Result<Validation, RunError> {
+        let input = InputFile::open(&self.config.input.path)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let v = input.validate(
+            &self.backend.schema(),
+            &self.limits(),
+            threads,
+            ERRORS_SHOWN,
+        );
+        if v.rows == 0 {
+            return Err(RunError::NoRows {
+                path: self.config.input.path.clone(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// Runs the job in a new `actix::System` on this thread.
+    pub fn run_blocking(&self, control: RunControl) -> Result<RunReport, RunError> {
+        System::new().block_on(self.run(control))
+    }
+
+    /// Runs the job inside the current `actix::System`.
+    pub async fn run(&self, control: RunControl) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let cfg = &self.config;
+        let schema = self.backend.schema();
+
+        // 1. Every row, before any model loads (on_error = "fail").
+        let input = InputFile::open(&cfg.input.path)?;
+        let rows_total = match cfg.batch.on_error {
+            OnError::Fail => {
+                let v = self.validate()?;
+                if v.error_count > 0 {
+                    return Err(RunError::InvalidInput {
+                        errors: v.errors,
+                        count: v.error_count,
+                    });
+                }
+                v.rows
+            }
+            OnError::Skip => {
+                let lines = count_nonblank_lines(input.bytes());
+                if lines == 0 {
+                    return Err(RunError::NoRows {
+                        path: cfg.input.path.clone(),
+                    });
+                }
+                lines
+            }
+        };
+        control.progress.set_total(rows_total);
+
+        // 2. Devices, refused before any model loads.
+        let devices = self.devices()?;
+
+        // 3. The output directory and the store.
+        prepare_output(&cfg.output.path, control.fresh)?;
+        let store =
+            ObjectStore::new(cfg.memory.object_store.as_usize()).map_err(PipelineError::from)?;
+
+        // 4. The actors, each with a lifetime on its own thread.
+        let mut arbiters = Vec::new();
+        let source = {
+            let arb = Arbiter::new();
+            let source_cfg = SourceConfig {
+                schema: schema.clone(),
+                batch_size: cfg.batch.size,
+                limits: self.limits(),
+                skip_bad_rows: cfg.batch.on_error == OnError::Skip,
+            };
+            let addr =
+                Source::start_in_arbiter(&arb.handle(), move |_| Source::new(input, source_cfg));
+            arbiters.push(arb);
+            addr
+        };
+        let sink = {
+            let arb = Arbiter::new();
+            let sink_cfg = SinkConfig {
+                dir: cfg.output.path.clone(),
+                preserve_order: cfg.output.preserve_order,
+                shard_batches: cfg.shard_batches(),
+            };
+            let progress = control.progress.clone();
+            let addr =
+                Sink::start_in_arbiter(&arb.handle(), move |_| Sink::new(sink_cfg, progress));
+            arbiters.push(arb);
+            addr
+        };
+        let shared = control.shared_model.clone().unwrap_or_default();
+        let workers = devices
+            .iter()
+            .map(|device| {
+                let arb = Arbiter::new();
+                let (backend, device, progress) = (
+                    self.backend.clone(),
+                    device.clone(),
+                    control.progress.clone(),
+                );
+                let shared = shared.clone();
+                let compute = cfg.batch.compute;
+                let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| match compute {
+                    Compute::Actors => BackendActor::owning(backend, device, progress),
+                    Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
+                });
+                arbiters.push(arb);
+                addr
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sched_cfg = SchedulerConfig {
+            max_retries: cfg.batch.max_retries,
+            reorder_window: cfg.output.preserve_order.then(|| cfg.batch.window()),
+            lookahead: cfg.batch.num_actors,
+        };
+        let backend = self.backend.clone();
+        let cancel = control.cancel.clone();
+        let store2 = store.clone();
+        Scheduler::create(move |_| {
+            Scheduler::new(
+                sched_cfg,
+                store2,
+                backend,
+                Pipeline {
+                    source,
+                    workers,
+                    sink,
+                },
+                cancel,
+                tx,
+            )
+        });
+
+        // 5. The outcome; then every thread stops and is joined.
+        let outcome = rx
+            .await
+            .unwrap_or(Err(PipelineError::ActorGone("scheduler")));
+        for arb in &arbiters {
+            arb.stop();
+        }
+        for arb in arbiters {
+            let _ = arb.join();
+        }
+        let stats = store.stats();
+        drop(store);
+        let summary = outcome?;
+        let report = RunReport::new(
+            cfg,
+            &summary,
+            control.progress.snapshot(),
+            &stats,
+            started.elapsed(),
+            peak_rss_bytes(),
+            &devices,
+        );
+        let path = cfg.output.path.join(REPORT);
+        report
+            .write(&path)
+            .map_err(|source| RunError::Output { path, source })?;
+        Ok(report)
+    }
+
+    fn devices(&self) -> Result<Vec<Device>, RunError> {
+        let b = &self.config.batch;
+        if b.num_gpus_per_actor <= 0.0 {
+            tracing::info!("running on the CPU (batch.num_gpus_per_actor = 0)");
+            return Ok(vec![Device::Cpu; b.num_actors]);
+        }
+        let inventory = GpuInventory::probe();
+        if let Some(why) = &inventory.unavailable {
+            tracing::warn!(reason = %why, "no GPU inventory");
+        }
+        Ok(inventory
+            .assign(b.num_actors, b.num_gpus_per_actor)
+            .map_err(PipelineError::from)?)
+    }
+}
+
+fn count_nonblank_lines(data: &[u8]) -> u64 {
+    stook_actors::rows::Lines::new(data, stook_actors::rows::data_start(data), 1)
+        .filter(|l| !l.is_blank())
+        .count() as u64
+}
+
+/// Whether `name` is one of the files stook writes in an output directory.
+fn is_ours(name: &str) -> bool {
+    (name.starts_with("part-") || name.starts_with(".part-"))
+        || [MANIFEST, ERRORS, SUCCESS, REPORT].contains(&name)
+}
+
+/// Creates the output directory; refuses one with files, unless `fresh`,
+/// which deletes stook's own files there (and only those).
+fn prepare_output(dir: &Path, fresh: bool) -> Result<(), RunError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::Output { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if fresh && is_ours(&name) {
+            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            continue;
+        }
+        return Err(RunError::OutputNotEmpty {
+            dir: dir.to_path_buf(),
+            found: name,
+        });
+    }
+    Ok(())
+}
