@@ -395,7 +395,6 @@ pub fn parse_value<T: DeserializeOwned>(
         };
         let message = e.into_inner().to_string();
         let message = message.lines().next().unwrap_or_default().to_string();
-        // `unknown field` names the field in the message; keep key at the table.
         ConfigProblem::new(key, message)
     })
 }
@@ -433,9 +432,11 @@ impl FromStr for ByteSize {
             "gb" => 1_000_000_000,
             "t" | "tib" => 1 << 40,
             "tb" => 1_000_000_000_000,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown unit {unit:?} in {s:?}, expected B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
-            )),
+            ))
+            }
         };
         let bytes = n * mult as f64;
         if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
@@ -527,7 +528,7 @@ mod tests {
         let p = JobConfig::from_toml(text, Path::new(".")).unwrap_err();
         let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"extra"), "{p:?}");
-        assert!(keys.contains(&"output"), "{p:?}");
+        assert!(keys.contains(&"output.preserve_ordr"), "{p:?}");
         assert!(
             p.iter().any(|p| p.message.contains("preserve_ordr")),
             "{p:?}"

@@ -1,0 +1,367 @@
+//! The real binary on real files: bad input, bad config, devices, signals.
+
+mod common;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::*;
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        Case { dir: tempdir() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn input(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.path("in.jsonl");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    /// A config for the synthetic backend over in.jsonl, plus `extra` TOML.
+    fn config(&self, model_options: &str, batch: &str) -> PathBuf {
+        let text = format!(
+            "[input]\npath = \"in.jsonl\"\n[output]\npath = \"out\"\n[model]\nbackend = \"synthetic\"\n\
+             [model.options]\n{model_options}\n[batch]\n{batch}\n"
+        );
+        let p = self.path("job.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn stook(&self, args: &[&str]) -> Output {
+        Command::new(stook_bin())
+            .args(args)
+            .env("RUST_LOG", "stook_actors=info")
+            .output()
+            .unwrap()
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn assert_refused(case: &Case, expect: &[&str]) {
+    let cfg = case.config("", "");
+    for cmd in ["validate", "run"] {
+        let o = case.stook(&[cmd, cfg.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{cmd}: {err}");
+        for e in expect {
+            assert!(err.contains(e), "{cmd}: expected {e:?} in:\n{err}");
+        }
+        assert!(
+            !err.contains("loading model"),
+            "{cmd} loaded the model:\n{err}"
+        );
+        assert!(
+            err.len() < 4000,
+            "{cmd}: error output too long ({} bytes)",
+            err.len()
+        );
+    }
+    assert!(!case.path("out").join("_SUCCESS").exists());
+}
+
+fn good(i: usize) -> String {
+    format!("{{\"id\": {i}, \"text\": \"row {i}\"}}\n")
+}
+
+#[test]
+fn invalid_json_names_the_file_and_line() {
+    let c = Case::new();
+    let mut data = good(0) + &good(1);
+    data.push_str("{\"id\": 2, \"text\": \"abc\"\n");
+    c.input(data.as_bytes());
+    assert_refused(&c, &["in.jsonl:3:", "EOF while parsing"]);
+}
+
+#[test]
+fn a_wrong_field_type_is_named() {
+    let c = Case::new();
+    c.input(format!("{}{{\"id\": 1, \"text\": 5}}\n", good(0)).as_bytes());
+    assert_refused(
+        &c,
+        &[
+            "in.jsonl:2:",
+            "field \"text\": invalid type: integer `5`, expected a string",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_field_is_named() {
+    let c = Case::new();
+    c.input(b"{\"id\": 1}\n");
+    assert_refused(&c, &["in.jsonl:1:", "missing field \"text\""]);
+}
+
+#[test]
+fn invalid_utf8_names_the_byte() {
+    let c = Case::new();
+    let mut data = good(0).into_bytes();
+    data.extend_from_slice(b"{\"id\": 1, \"text\": \"caf\xe9\"}\n");
+    c.input(&data);
+    assert_refused(&c, &["in.jsonl:2:23:", "invalid UTF-8 at byte 23"]);
+}
+
+#[test]
+fn a_line_that_is_not_an_object_is_refused() {
+    let c = Case::new();
+    c.input(format!("{}[1, 2]\n\"text\"\n", good(0)).as_bytes());
+    assert_refused(
+        &c,
+        &[
+            "in.jsonl:2:",
+            "in.jsonl:3:",
+            "expected a JSON object",
+            "2 bad rows",
+        ],
+    );
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    let c = Case::new();
+    c.input(b"");
+    assert_refused(&c, &["in.jsonl: the input has no rows"]);
+    c.input(b"\n  \n\r\n");
+    assert_refused(&c, &["in.jsonl: the input has no rows"]);
+}
+
+#[test]
+fn a_50_mb_line_is_refused_with_a_short_message_and_later_lines_keep_their_numbers() {
+    let c = Case::new();
+    let mut data = good(0).into_bytes();
+    data.extend_from_slice(b"{\"id\": 1, \"text\": \"");
+    data.extend(std::iter::repeat_n(b'a', 50 << 20));
+    data.extend_from_slice(b"\"}\n");
+    data.extend_from_slice(good(2).as_bytes());
+    data.extend_from_slice(b"{\"id\": 3, \"text\": \"x\"} trailing\n");
+    c.input(&data);
+    assert_refused(
+        &c,
+        &[
+            "in.jsonl:2: the line is 52428821 bytes long, more than input.max_line_bytes = 16777216 bytes",
+            "in.jsonl:4:",
+            "unexpected characters after the JSON value",
+        ],
+    );
+}
+
+#[test]
+fn skip_writes_bad_rows_to_the_errors_file_and_completes_the_rest() {
+    let c = Case::new();
+    let mut data = Vec::new();
+    for i in 0..50 {
+        match i {
+            10 => data.extend_from_slice(b"{\"id\": 10, \"text\": \n"),
+            20 => data.extend_from_slice(b"{\"id\": 20, \"text\": \"\xff\"}\n"),
+            30 => data.extend_from_slice(b"[30]\n"),
+            _ => data.extend_from_slice(good(i).as_bytes()),
+        }
+    }
+    c.input(&data);
+    let cfg = c.config("", "size = 8\non_error = \"skip\"");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = c.path("out");
+    let written = String::from_utf8(output_bytes(&out)).unwrap();
+    let ids: Vec<u64> = written
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let expect: Vec<u64> = (0..50).filter(|i| ![10, 20, 30].contains(i)).collect();
+    assert_eq!(ids, expect);
+    let errors = std::fs::read_to_string(out.join("_errors.jsonl")).unwrap();
+    let lines: Vec<u64> = errors
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["line"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(lines, [11, 21, 31]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("_report.json")).unwrap()).unwrap();
+    assert_eq!(report["errors"], 3);
+    assert_eq!(report["rows_written"], 47);
+}
+
+#[test]
+fn crlf_blank_lines_a_bom_and_no_final_newline_are_fine() {
+    let c = Case::new();
+    let data = b"\xEF\xBB\xBF{\"id\": 0, \"text\": \"a\"}\r\n\r\n   \n{\"id\": 1, \"text\": \"b\"}\r\n{\"id\": 2, \"text\": \"c\"}";
+    c.input(data);
+    let cfg = c.config("", "size = 2");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(output_bytes(&c.path("out"))).unwrap();
+    assert_eq!(out.lines().count(), 3);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.path("out").join("_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["blank_lines"], 2);
+    let v = c.stook(&["validate", cfg.to_str().unwrap()]);
+    assert!(
+        stderr(&v).contains("3 rows OK, 2 blank lines"),
+        "{}",
+        stderr(&v)
+    );
+}
+
+#[test]
+fn more_gpus_than_nvml_reports_are_refused_before_any_model_loads() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    let cfg = c.config("load_ms = 1", "num_actors = 2\nnum_gpus_per_actor = 1");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("batch.num_gpus_per_actor = 1 with batch.num_actors = 2 needs 2 GPU(s), but 0 were found"),
+        "{err}"
+    );
+    assert!(!err.contains("loading model"), "{err}");
+}
+
+#[test]
+fn config_problems_are_all_reported_with_their_keys() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    let p = c.path("bad.toml");
+    std::fs::write(
+        &p,
+        "[input]\npath = \"in.jsonl\"\nmax_line_bytes = \"lots\"\n[output]\npath = \"out\"\n[model]\nbackend = \"synthetic\"\n\
+         [model.options]\nload_msec = 3\n[batch]\nsize = 0\ncompute = \"threads\"\n",
+    )
+    .unwrap();
+    let o = c.stook(&["run", p.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("input.max_line_bytes: expected a size"),
+        "{err}"
+    );
+    assert!(
+        err.contains("batch.compute: unknown variant `threads`"),
+        "{err}"
+    );
+    // model options are checked once the rest parses
+    std::fs::write(
+        &p,
+        "[input]\npath = \"in.jsonl\"\n[output]\npath = \"out\"\n[model]\nbackend = \"synthetic\"\n[model.options]\nload_msec = 3\n",
+    )
+    .unwrap();
+    let err = stderr(&c.stook(&["validate", p.to_str().unwrap()]));
+    assert!(
+        err.contains("model.options.load_msec: unknown field `load_msec`"),
+        "{err}"
+    );
+    std::fs::write(
+        &p,
+        "[input]\npath = \"in.jsonl\"\n[output]\npath = \"out\"\n[model]\nbackend = \"bert\"\n",
+    )
+    .unwrap();
+    let err = stderr(&c.stook(&["validate", p.to_str().unwrap()]));
+    assert!(
+        err.contains("model.backend: unknown backend \"bert\", expected one of: echo, synthetic"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_input_file_is_named() {
+    let c = Case::new();
+    let cfg = c.config("", "");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(err.contains("in.jsonl: No such file or directory"), "{err}");
+}
+
+#[test]
+fn backends_lists_each_backend_and_its_rows() {
+    let o = Case::new().stook(&["backends"]);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.contains("echo\n"), "{out}");
+    assert!(out.contains("synthetic\n"), "{out}");
+    assert!(
+        out.contains("\"text\": a string (required); \"id\": any JSON value (optional)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_output_directory_with_other_files_is_refused_and_fresh_clears_ours() {
+    let c = Case::new();
+    c.input((good(0) + &good(1)).as_bytes());
+    let cfg = c.config("", "");
+    assert!(c.stook(&["run", cfg.to_str().unwrap()]).status.success());
+    let again = c.stook(&["run", cfg.to_str().unwrap()]);
+    assert!(
+        stderr(&again).contains("the output directory is not empty"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(c
+        .stook(&["run", "--fresh", cfg.to_str().unwrap()])
+        .status
+        .success());
+    std::fs::write(c.path("out").join("notes.txt"), "mine").unwrap();
+    let o = c.stook(&["run", "--fresh", cfg.to_str().unwrap()]);
+    assert!(stderr(&o).contains("holds notes.txt"), "{}", stderr(&o));
+    assert!(c.path("out").join("notes.txt").exists());
+}
+
+#[test]
+fn sigint_stops_cleanly_with_exit_130_and_only_complete_shards() {
+    let c = Case::new();
+    let mut f = std::fs::File::create(c.path("in.jsonl")).unwrap();
+    for i in 0..3000 {
+        f.write_all(good(i).as_bytes()).unwrap();
+    }
+    drop(f);
+    let cfg = c.config("batch_ms = 20", "size = 10\nnum_actors = 2");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg).unwrap() + "[checkpoint]\nshard_rows = 100\n",
+    )
+    .unwrap();
+    let child = Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: plain signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    let out = c.path("out");
+    assert!(temporaries(&out).is_empty(), "{:?}", temporaries(&out));
+    assert!(!out.join("_SUCCESS").exists());
+    let manifest = std::fs::read_to_string(out.join("_manifest.jsonl")).unwrap();
+    let committed = manifest.lines().count();
+    assert!((1..30).contains(&committed), "{committed} shards");
+    // Every committed part is whole: 100 rows each, in order from row 0.
+    let written = String::from_utf8(output_bytes(&out)).unwrap();
+    assert_eq!(written.lines().count(), committed * 100);
+    for (i, line) in written.lines().enumerate() {
+        assert!(line.starts_with(&format!("{{\"id\":{i},")), "{line}");
+    }
+}

@@ -1,0 +1,229 @@
+//! End-to-end runs of the real Runner on real files: the order invariant
+//! across every execution setting, load counts, the budget, and cleanup.
+
+mod common;
+
+use common::*;
+use stook::config::Compute;
+
+const ROWS: usize = 1_000;
+
+#[test]
+fn output_is_byte_identical_across_compute_actors_batch_sizes_and_budgets() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", ROWS);
+    let opts = "output_bytes = 80";
+    let reference = {
+        let out = dir.path().join("ref");
+        let c = with_batching(
+            synthetic_config(&input, &out, opts),
+            1,
+            Compute::Actors,
+            1,
+            64 << 20,
+        );
+        run(c).unwrap();
+        output_bytes(&out)
+    };
+    assert_synthetic_rows(&reference, ROWS);
+    let mut n = 0;
+    for compute in [Compute::Actors, Compute::Tasks] {
+        for actors in 1..=4 {
+            for size in [1usize, 7, 256] {
+                // From about one batch's worth of store to plenty.
+                for budget in [one_batch_budget(size), 64 << 20] {
+                    let out = dir.path().join(format!("o{n}"));
+                    n += 1;
+                    let c = with_batching(
+                        synthetic_config(&input, &out, opts),
+                        size,
+                        compute,
+                        actors,
+                        budget,
+                    );
+                    let r = run(c)
+                        .unwrap_or_else(|e| panic!("{compute:?} {actors} {size} {budget}: {e}"));
+                    assert!(
+                        r.peak_store_bytes <= budget,
+                        "peak {} > budget {budget}",
+                        r.peak_store_bytes
+                    );
+                    assert_eq!(r.leaked_store_objects, 0);
+                    assert_eq!(
+                        output_bytes(&out),
+                        reference,
+                        "{compute:?} actors={actors} size={size} budget={budget}"
+                    );
+                    assert!(temporaries(&out).is_empty());
+                }
+            }
+        }
+    }
+}
+
+/// A budget that holds one batch of `size` rows of `write_rows` (input and
+/// output) and little more.
+fn one_batch_budget(size: usize) -> u64 {
+    let per_row = 400u64;
+    4096 + 2 * 2048 + size as u64 * per_row
+}
+
+#[test]
+fn order_off_writes_the_same_rows_each_with_its_row_number() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", ROWS);
+    let ordered = dir.path().join("ordered");
+    run(with_batching(
+        synthetic_config(&input, &ordered, "batch_ms = 1"),
+        7,
+        Compute::Actors,
+        3,
+        64 << 20,
+    ))
+    .unwrap();
+    let expected: Vec<serde_json::Value> = String::from_utf8(output_bytes(&ordered))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let out = dir.path().join("unordered");
+    let mut c = with_batching(
+        synthetic_config(&input, &out, "batch_ms = 1"),
+        7,
+        Compute::Actors,
+        3,
+        64 << 20,
+    );
+    c.output.preserve_order = false;
+    let r = run(c).unwrap();
+    assert_eq!(r.rows_written, ROWS as u64);
+    let mut seen = vec![false; ROWS];
+    for line in String::from_utf8(output_bytes(&out)).unwrap().lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let row = v["_row"].as_u64().unwrap() as usize;
+        assert!(!std::mem::replace(&mut seen[row], true), "row {row} twice");
+        v.as_object_mut().unwrap().remove("_row");
+        assert_eq!(v, expected[row], "row {row}");
+    }
+    assert!(seen.iter().all(|s| *s));
+}
+
+#[test]
+fn the_model_loads_once_per_actor_or_once_in_tasks_mode() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 300);
+    for (compute, actors, loads) in [
+        (Compute::Actors, 3, 3),
+        (Compute::Actors, 1, 1),
+        (Compute::Tasks, 3, 1),
+    ] {
+        let out = dir.path().join(format!("{compute:?}{actors}"));
+        let c = with_batching(
+            synthetic_config(&input, &out, "load_ms = 50"),
+            16,
+            compute,
+            actors,
+            64 << 20,
+        );
+        let r = run(c).unwrap();
+        assert_eq!(r.model_loads, loads, "{compute:?} with {actors} actors");
+    }
+}
+
+#[test]
+fn shards_commit_as_numbered_parts_with_a_manifest() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", ROWS);
+    let out = dir.path().join("o");
+    let mut c = with_batching(
+        synthetic_config(&input, &out, ""),
+        50,
+        Compute::Actors,
+        2,
+        64 << 20,
+    );
+    c.checkpoint.shard_rows = 300; // 6 batches of 50 a shard
+    let r = run(c).unwrap();
+    assert_eq!(
+        r.parts,
+        [
+            "part-00000.jsonl",
+            "part-00001.jsonl",
+            "part-00002.jsonl",
+            "part-00003.jsonl"
+        ]
+    );
+    let manifest = std::fs::read_to_string(out.join("_manifest.jsonl")).unwrap();
+    let rows: Vec<u64> = manifest
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(rows, [300, 300, 300, 100]);
+    assert!(out.join("_SUCCESS").exists());
+    assert!(out.join("_report.json").exists());
+    assert_synthetic_rows(&output_bytes(&out), ROWS);
+}
+
+#[test]
+fn a_failing_batch_is_retried_then_fails_the_run_naming_its_lines() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 100);
+    let out = dir.path().join("o");
+    let c = with_batching(
+        synthetic_config(&input, &out, "fail_ids = [42]"),
+        10,
+        Compute::Actors,
+        2,
+        64 << 20,
+    );
+    let e = run(c).unwrap_err().to_string();
+    assert!(
+        e.contains("batch 4 (input lines 41-50) after 3 attempt(s)"),
+        "{e}"
+    );
+    assert!(e.contains("synthetic failure for row id 42"), "{e}");
+    assert!(temporaries(&out).is_empty());
+}
+
+#[test]
+fn a_panicking_model_fails_its_batch_not_the_process() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 100);
+    let out = dir.path().join("o");
+    let c = with_batching(
+        synthetic_config(&input, &out, "panic_ids = [7]"),
+        10,
+        Compute::Tasks,
+        2,
+        64 << 20,
+    );
+    let e = run(c).unwrap_err().to_string();
+    assert!(
+        e.contains("the model panicked: synthetic panic for row id 7"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_budget_smaller_than_one_batch_is_refused_naming_the_minimum() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 100);
+    let out = dir.path().join("o");
+    let c = with_batching(
+        synthetic_config(&input, &out, ""),
+        100,
+        Compute::Actors,
+        1,
+        8192,
+    );
+    let e = run(c).unwrap_err().to_string();
+    assert!(
+        e.contains("more than memory.object_store = 8192 bytes"),
+        "{e}"
+    );
+    assert!(e.contains("raise memory.object_store to at least"), "{e}");
+}
