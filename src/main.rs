@@ -215,16 +215,24 @@ fn progress_bar(control: &RunControl) -> Bar {
     let thread = std::thread::spawn(move || {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}")
+            ProgressStyle::with_template("{bar:30} {pos}/{len} rows  {msg}  ETA {eta}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        let start = std::time::Instant::now();
         while !stop2.load(Ordering::SeqCst) {
             let s = progress.snapshot();
             bar.set_length(s.rows_total);
             bar.set_position(s.rows_done);
+            let rate = s.rows_done as f64 / start.elapsed().as_secs_f64().max(1e-3);
+            let mut msg = if s.rows_total == 0 {
+                "validating".to_string()
+            } else {
+                format!("{rate:.0} rows/s")
+            };
             if s.errors > 0 {
-                bar.set_message(format!("{} bad", s.errors));
+                msg.push_str(&format!(", {} bad", s.errors));
             }
+            bar.set_message(msg);
             std::thread::sleep(Duration::from_millis(100));
         }
         bar.finish_and_clear();
