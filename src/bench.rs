@@ -109,6 +109,7 @@ pub fn echo_config(
         output: OutputConfig {
             path: output.to_path_buf(),
             preserve_order,
+            assemble: None,
         },
         model: ModelConfig {
             backend: "echo".into(),

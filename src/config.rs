@@ -48,6 +48,9 @@ pub struct OutputConfig {
     /// Write results in input order (default) or as they finish.
     #[serde(default = "yes")]
     pub preserve_order: bool,
+    /// One file to assemble the parts into once every shard is committed.
+    #[serde(default)]
+    pub assemble: Option<PathBuf>,
 }
 
 /// `[model]`: which backend, with its own options.
@@ -125,6 +128,9 @@ pub struct CheckpointConfig {
     /// Rows per shard (rounded up to whole batches).
     #[serde(default = "default_shard_rows")]
     pub shard_rows: usize,
+    /// Resume from the output directory's manifest when it has one.
+    #[serde(default = "yes")]
+    pub resume: bool,
 }
 
 fn yes() -> bool {
@@ -181,6 +187,7 @@ impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
             shard_rows: default_shard_rows(),
+            resume: true,
         }
     }
 }
@@ -317,6 +324,7 @@ impl JobConfig {
             ) if problems.is_empty() => {
                 input.path = base.join(&input.path);
                 output.path = base.join(&output.path);
+                output.assemble = output.assemble.map(|a| base.join(a));
                 Ok(JobConfig {
                     input,
                     output,

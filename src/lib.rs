@@ -21,6 +21,7 @@
 pub mod backends;
 pub mod bench;
 pub mod config;
+pub mod output;
 pub mod registry;
 pub mod report;
 pub mod runner;

@@ -8,16 +8,23 @@ use stook_actors::messages::SinkSummary;
 use stook_actors::{Device, ProgressSnapshot, StoreStats};
 
 use crate::config::{ByteSize, JobConfig};
+use crate::output::Totals;
 
 /// What a finished run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
-    /// Input rows (non-blank lines).
+    /// Input rows (non-blank lines), over every committed shard.
     pub rows: u64,
-    /// Result rows written.
+    /// Result rows, over every committed shard.
     pub rows_written: u64,
-    /// Bad rows (written to the errors file).
+    /// Bad rows (in the errors file), over every committed shard.
     pub errors: u64,
+    /// Rows this run computed (the rest were committed by earlier runs).
+    pub rows_this_run: u64,
+    /// Rows committed by earlier runs and skipped.
+    pub rows_resumed: u64,
+    /// Shards committed, in all.
+    pub shards: u64,
     /// Blank lines skipped.
     pub blank_lines: u64,
     /// Wall time in seconds.
@@ -44,7 +51,7 @@ pub struct RunReport {
     pub devices: Vec<String>,
     /// Whether results are in input order.
     pub preserve_order: bool,
-    /// Part files, in order.
+    /// Part files this run committed.
     pub parts: Vec<String>,
     /// Output bytes.
     pub bytes_written: u64,
@@ -55,6 +62,8 @@ impl RunReport {
     pub fn new(
         cfg: &JobConfig,
         sink: &SinkSummary,
+        totals: &Totals,
+        rows_resumed: u64,
         progress: ProgressSnapshot,
         store: &StoreStats,
         wall: Duration,
@@ -64,9 +73,12 @@ impl RunReport {
         let secs = wall.as_secs_f64();
         let rows = sink.rows_written + sink.errors;
         RunReport {
-            rows,
-            rows_written: sink.rows_written,
-            errors: sink.errors,
+            rows: totals.rows,
+            rows_written: totals.rows - totals.errors,
+            errors: totals.errors,
+            rows_this_run: rows,
+            rows_resumed,
+            shards: totals.shards,
             blank_lines: sink.blank_lines,
             wall_seconds: secs,
             rows_per_second: if secs > 0.0 { rows as f64 / secs } else { 0.0 },
@@ -93,13 +105,18 @@ impl RunReport {
 
     /// A short human summary.
     pub fn summary(&self, output: &Path) -> String {
+        let resumed = if self.rows_resumed > 0 {
+            format!(" ({} resumed from earlier runs)", self.rows_resumed)
+        } else {
+            String::new()
+        };
         format!(
-            "{} rows → {} ({} part{}): {} written, {} bad, {} blank lines skipped\n\
+            "{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped\n\
              wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}, {} model load{} on {}",
             self.rows,
             output.display(),
-            self.parts.len(),
-            if self.parts.len() == 1 { "" } else { "s" },
+            self.shards,
+            if self.shards == 1 { "" } else { "s" },
             self.rows_written,
             self.errors,
             self.blank_lines,

@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use stook_actors::checkpoint::ERRORS;
 use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
-use stook_actors::sink::{Sink, SinkConfig, ERRORS, MANIFEST, SUCCESS};
+use stook_actors::sink::{Sink, SinkConfig};
 use stook_actors::source::{InputFile, RowLimits, Source, SourceConfig, Validation};
 use stook_actors::{
     Backend, BackendActor, Device, GpuInventory, ObjectStore, PipelineError, Progress, RowError,
@@ -26,6 +27,7 @@ use stook_actors::{
 };
 
 use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
+use crate::output;
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunReport};
 
@@ -65,6 +67,14 @@ pub enum RunError {
         dir: PathBuf,
         /// One file found.
         found: String,
+    },
+    /// The output directory cannot be resumed.
+    #[error("{}: cannot resume: {why}", .dir.display())]
+    Resume {
+        /// The output directory.
+        dir: PathBuf,
+        /// Why not.
+        why: String,
     },
     /// The output directory could not be prepared.
     #[error("{}: {source}", .path.display())]
@@ -205,8 +215,26 @@ impl Job {
         // 2. Devices, refused before any model loads.
         let devices = self.devices()?;
 
-        // 3. The output directory and the store.
-        prepare_output(&cfg.output.path, control.fresh)?;
+        // 3. The output directory (new, or resumed) and the store.
+        let header = output::header_for(cfg, self.backend.fingerprint())?;
+        let prepared = output::prepare(
+            &cfg.output.path,
+            &header,
+            control.fresh,
+            cfg.checkpoint.resume,
+        )?;
+        let resume = prepared.resume;
+        if !resume.done_shards.is_empty() {
+            tracing::info!(
+                shards = resume.done_shards.len(),
+                rows = resume.done_rows,
+                redone = prepared.redone.len(),
+                "resuming"
+            );
+        }
+        control
+            .progress
+            .resumed(resume.done_rows, resume.done_errors);
         let store =
             ObjectStore::new(cfg.memory.object_store.as_usize()).map_err(PipelineError::from)?;
 
@@ -219,6 +247,7 @@ impl Job {
                 batch_size: cfg.batch.size,
                 limits: self.limits(),
                 skip_bad_rows: cfg.batch.on_error == OnError::Skip,
+                done_batches: resume.done_batches.clone(),
             };
             let addr =
                 Source::start_in_arbiter(&arb.handle(), move |_| Source::new(input, source_cfg));
@@ -231,6 +260,8 @@ impl Job {
                 dir: cfg.output.path.clone(),
                 preserve_order: cfg.output.preserve_order,
                 shard_batches: cfg.shard_batches(),
+                done_batches: resume.done_batches.clone(),
+                done_shards: resume.done_shards.clone(),
             };
             let progress = control.progress.clone();
             let addr =
@@ -263,6 +294,8 @@ impl Job {
             max_retries: cfg.batch.max_retries,
             reorder_window: cfg.output.preserve_order.then(|| cfg.batch.window()),
             lookahead: cfg.batch.num_actors,
+            skip_bad_rows: cfg.batch.on_error == OnError::Skip,
+            input_name: cfg.input.path.display().to_string().into(),
         };
         let backend = self.backend.clone();
         let cancel = control.cancel.clone();
@@ -295,9 +328,12 @@ impl Job {
         let stats = store.stats();
         drop(store);
         let summary = outcome?;
+        let totals = output::finalize(&cfg.output.path, cfg.output.assemble.as_deref())?;
         let report = RunReport::new(
             cfg,
             &summary,
+            &totals,
+            resume.done_rows,
             control.progress.snapshot(),
             &stats,
             started.elapsed(),
@@ -331,33 +367,4 @@ fn count_nonblank_lines(data: &[u8]) -> u64 {
     stook_actors::rows::Lines::new(data, stook_actors::rows::data_start(data), 1)
         .filter(|l| !l.is_blank())
         .count() as u64
-}
-
-/// Whether `name` is one of the files stook writes in an output directory.
-fn is_ours(name: &str) -> bool {
-    (name.starts_with("part-") || name.starts_with(".part-"))
-        || [MANIFEST, ERRORS, SUCCESS, REPORT].contains(&name)
-}
-
-/// Creates the output directory; refuses one with files, unless `fresh`,
-/// which deletes stook's own files there (and only those).
-fn prepare_output(dir: &Path, fresh: bool) -> Result<(), RunError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RunError::Output { path, source }
-    };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
-        let entry = entry.map_err(io(dir))?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if fresh && is_ours(&name) {
-            std::fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
-            continue;
-        }
-        return Err(RunError::OutputNotEmpty {
-            dir: dir.to_path_buf(),
-            found: name,
-        });
-    }
-    Ok(())
 }

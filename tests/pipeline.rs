@@ -156,6 +156,7 @@ fn shards_commit_as_numbered_parts_with_a_manifest() {
     let manifest = std::fs::read_to_string(out.join("_manifest.jsonl")).unwrap();
     let rows: Vec<u64> = manifest
         .lines()
+        .skip(1) // the header
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["rows"]
                 .as_u64()
@@ -169,24 +170,29 @@ fn shards_commit_as_numbered_parts_with_a_manifest() {
 }
 
 #[test]
-fn a_failing_batch_is_retried_then_fails_the_run_naming_its_lines() {
+fn a_row_that_keeps_failing_is_isolated_and_fails_the_run_naming_its_line() {
     let dir = tempdir();
     let input = write_rows(dir.path(), "in.jsonl", 100);
     let out = dir.path().join("o");
-    let c = with_batching(
+    let mut c = with_batching(
         synthetic_config(&input, &out, "fail_ids = [42]"),
         10,
         Compute::Actors,
         2,
         64 << 20,
     );
+    c.checkpoint.shard_rows = 20;
     let e = run(c).unwrap_err().to_string();
     assert!(
-        e.contains("batch 4 (input lines 41-50) after 3 attempt(s)"),
+        e.ends_with(
+            "in.jsonl:43: the model fails on this row alone: synthetic failure for row id 42"
+        ),
         "{e}"
     );
-    assert!(e.contains("synthetic failure for row id 42"), "{e}");
     assert!(temporaries(&out).is_empty());
+    // Shards complete before the failure stay committed.
+    assert!(out.join("part-00000.jsonl").exists());
+    assert!(!out.join("_SUCCESS").exists());
 }
 
 #[test]

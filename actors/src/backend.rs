@@ -19,7 +19,7 @@ use actix::prelude::*;
 use crate::batch::{RequestBatch, ResultWriter};
 use crate::devices::Device;
 use crate::error::PipelineError;
-use crate::messages::{Compute, Computed, LoadModel};
+use crate::messages::{Compute, Computed, LoadModel, Poisoned};
 use crate::model::{Backend, Model, ModelError};
 use crate::progress::Progress;
 use crate::rows::RequestSchema;
@@ -121,21 +121,60 @@ impl BackendActor {
         }
     }
 
-    fn compute(&self, msg: &Compute) -> Result<ResultWriter, ModelError> {
+    fn compute(&self, msg: &Compute) -> Result<(ResultWriter, Vec<Poisoned>), ModelError> {
         let model = self.model()?;
         let batch = RequestBatch::decode(&msg.input, &self.schema)
             .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?;
         let mut out = ResultWriter::new();
-        catch_unwind(AssertUnwindSafe(|| model.predict(&batch, &mut out)))
-            .unwrap_or_else(|p| Err(panicked(p)))?;
-        if out.len() != batch.len() {
-            return Err(ModelError::new(format!(
-                "the model returned {} results for {} rows",
-                out.len(),
-                batch.len()
-            )));
+        let mut poison = Vec::new();
+        if msg.isolate {
+            isolate(model.as_ref(), &batch, &mut out, &mut poison);
+        } else {
+            call(model.as_ref(), &batch, &mut out)?;
         }
-        Ok(out)
+        Ok((out, poison))
+    }
+}
+
+/// One `predict` call: a panic becomes an error, and a failed call leaves
+/// `out` as it was.
+fn call(model: &dyn Model, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+    let mark = out.len();
+    let r = catch_unwind(AssertUnwindSafe(|| model.predict(batch, out)))
+        .unwrap_or_else(|p| Err(panicked(p)))
+        .and_then(|()| match out.len() - mark {
+            n if n == batch.len() => Ok(()),
+            n => Err(ModelError::new(format!(
+                "the model returned {n} results for {} rows",
+                batch.len()
+            ))),
+        });
+    if r.is_err() {
+        out.truncate(mark);
+    }
+    r
+}
+
+/// Computes what can be computed, bisecting failed ranges down to the rows
+/// that fail alone, which go to `poison`.
+fn isolate(
+    model: &dyn Model,
+    batch: &RequestBatch,
+    out: &mut ResultWriter,
+    poison: &mut Vec<Poisoned>,
+) {
+    match call(model, batch, out) {
+        Ok(()) => {}
+        Err(e) if batch.len() == 1 => poison.push(Poisoned {
+            row: batch.row(0),
+            line: batch.line(0),
+            message: e.message,
+        }),
+        Err(_) => {
+            let half = batch.len() / 2;
+            isolate(model, &batch.slice(0, half), out, poison);
+            isolate(model, &batch.slice(half, batch.len() - half), out, poison);
+        }
     }
 }
 
@@ -165,15 +204,18 @@ impl Handler<Compute> for BackendActor {
 
     fn handle(&mut self, msg: Compute, _: &mut Context<Self>) -> Self::Result {
         let outcome = match self.compute(&msg) {
-            Ok(out) => out.encode(msg.reservation).map_err(|e| {
-                // The reservation was consumed; the Scheduler reserves anew.
-                (
-                    ModelError::new(format!(
-                        "the results exceed the backend's declared size bound: {e}"
-                    )),
-                    None,
-                )
-            }),
+            Ok((out, poison)) => out
+                .encode(msg.reservation)
+                .map(|o| (o, poison))
+                .map_err(|e| {
+                    // The reservation was consumed; the Scheduler reserves anew.
+                    (
+                        ModelError::new(format!(
+                            "the results exceed the backend's declared size bound: {e}"
+                        )),
+                        None,
+                    )
+                }),
             Err(e) => Err((e, Some(msg.reservation))),
         };
         MessageResult(Computed {

@@ -43,6 +43,9 @@ pub enum PipelineError {
     /// A bad row, with on_error = "fail".
     #[error("{0}")]
     Row(Box<RowError>),
+    /// A row fails alone in the model, with on_error = "fail".
+    #[error("{0}")]
+    ModelRow(Box<RowError>),
     /// A batch is larger than the whole budget.
     #[error(
         "batch {batch} (input lines {first_line}-{last_line}) needs {needed} bytes of object store \

@@ -18,6 +18,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod checkpoint;
 pub mod devices;
 pub mod error;
 pub mod messages;

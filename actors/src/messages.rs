@@ -70,15 +70,28 @@ pub struct Compute {
     pub input: ObjectRef,
     /// Room for the output.
     pub reservation: Reservation,
+    /// Bisect on failure to find the rows that fail alone.
+    pub isolate: bool,
+}
+
+/// A row that fails alone in the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Poisoned {
+    /// 0-based row number.
+    pub row: u64,
+    /// 1-based input line.
+    pub line: u64,
+    /// The model's error.
+    pub message: String,
 }
 
 /// What a BackendActor returns for a batch.
 pub struct Computed {
     /// The batch index.
     pub index: u64,
-    /// The output, or the error and the unused reservation (for a retry;
-    /// `None` when the error cannot be retried).
-    pub outcome: Result<ObjectRef, (ModelError, Option<Reservation>)>,
+    /// The output and the rows that failed alone, or the error and the
+    /// unused reservation (for a retry; `None` when it cannot be retried).
+    pub outcome: Result<(ObjectRef, Vec<Poisoned>), (ModelError, Option<Reservation>)>,
 }
 
 /// Sink: a finished batch, to be written in order.

@@ -18,6 +18,12 @@ pub trait Backend: Send + Sync + 'static {
     /// room in the store is reserved from this before the batch exists.
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize;
 
+    /// What identifies the model's files (a hash), for resume checks;
+    /// empty for a model with none.
+    fn fingerprint(&self) -> String {
+        String::new()
+    }
+
     /// Loads the model on `device`.
     fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError>;
 }

@@ -43,6 +43,12 @@ impl Progress {
         self.batches_done.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records rows committed by an earlier run.
+    pub fn resumed(&self, rows: u64, errors: u64) {
+        self.rows_done.fetch_add(rows, Ordering::Relaxed);
+        self.errors.fetch_add(errors, Ordering::Relaxed);
+    }
+
     /// Records a committed shard.
     pub fn shard_committed(&self) {
         self.shards_committed.fetch_add(1, Ordering::Relaxed);

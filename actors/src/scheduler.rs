@@ -45,6 +45,11 @@ pub struct SchedulerConfig {
     pub reorder_window: Option<usize>,
     /// Encoded batches kept ready for idle actors.
     pub lookahead: usize,
+    /// Rows that fail alone in the model go to the errors file (true) or
+    /// fail the run (false).
+    pub skip_bad_rows: bool,
+    /// The input, as named in errors.
+    pub input_name: Arc<str>,
 }
 
 struct Work {
@@ -245,6 +250,9 @@ impl Scheduler {
                 index: work.plan.index,
                 input: work.input.clone(),
                 reservation,
+                // After its retries, a batch is bisected to find the rows
+                // that fail alone.
+                isolate: work.attempts > self.cfg.max_retries + 1,
             };
             self.in_flight[slot] = Some(work);
             let fut = self.actors.workers[slot].send(msg);
@@ -260,13 +268,28 @@ impl Scheduler {
         }
     }
 
-    fn computed(&mut self, done: Computed, work: Work, ctx: &mut Context<Self>) {
+    fn computed(&mut self, done: Computed, mut work: Work, ctx: &mut Context<Self>) {
         match done.outcome {
-            Ok(output) => {
+            Ok((output, poison)) => {
                 drop(work.input);
+                for p in poison {
+                    let e = RowError {
+                        path: self.cfg.input_name.clone(),
+                        line: p.line,
+                        row: p.row,
+                        column: None,
+                        message: format!("the model fails on this row alone: {}", p.message),
+                        excerpt: String::new(),
+                    };
+                    if !self.cfg.skip_bad_rows {
+                        return self.fail(PipelineError::ModelRow(Box::new(e)));
+                    }
+                    work.errors.push(e);
+                }
+                work.errors.sort_by_key(|e| e.row);
                 self.deliver(work.plan, Some(output), work.errors, ctx);
             }
-            Err((error, Some(reservation))) if work.attempts <= self.cfg.max_retries => {
+            Err((error, Some(reservation))) if work.attempts <= self.cfg.max_retries + 1 => {
                 tracing::warn!(batch = done.index, attempt = work.attempts, error = %error, "batch failed, retrying");
                 work.input.set_holder(Holder::Source);
                 self.ready.push_front((work, reservation));

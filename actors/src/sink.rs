@@ -2,19 +2,20 @@
 //! each shard atomically and records it in the manifest.
 //!
 //! ```text
-//!  Deliver(batch k) ──▶ reorder buffer (order on) ──▶ .part-NNNNN.jsonl.tmp
+//!  Deliver(batch k) ──▶ reorder buffer (order on) ──▶ .part-NNNNN.jsonl.tmp (+ bad rows)
 //!                                                       │ shard full / Finish
 //!                                                       ▼ flush, fsync, rename, fsync dir
 //!                                                     part-NNNNN.jsonl + a _manifest.jsonl line
 //! ```
 //!
-//! A shard is `shard_batches` consecutive batches (in input order when order
-//! is preserved, in arrival order otherwise). A part file under its final
-//! name is always complete; a temporary one is removed on every exit path.
-//! With order off, each result line starts with `"_row": N`, its input row.
+//! With order preserved, shard `s` is batches `s·B … s·B+B-1`, so a resumed
+//! run writes the same parts as an uninterrupted one; without, a shard is
+//! `B` batches in the order they finished, and each result line starts with
+//! `"_row": N`, its input row. A part under its final name is always
+//! complete; a temporary one is removed on every exit path.
 
-use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,74 +23,81 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::batch::OutputBatch;
+use crate::checkpoint::{
+    append_record, errors_name, open_for_append, part_name, sync_dir, ShardRecord,
+};
 use crate::error::PipelineError;
 use crate::messages::{Deliver, Finish, SinkSummary};
 use crate::progress::Progress;
 use crate::store::Holder;
 
-/// The manifest's name in the output directory.
-pub const MANIFEST: &str = "_manifest.jsonl";
-/// The errors file's name in the output directory.
-pub const ERRORS: &str = "_errors.jsonl";
-/// The success marker's name in the output directory.
-pub const SUCCESS: &str = "_SUCCESS";
-
-/// The name of shard `i`'s part file.
-pub fn part_name(i: u64) -> String {
-    format!("part-{i:05}.jsonl")
-}
-
 /// Where and how the Sink writes.
 #[derive(Clone, Debug)]
 pub struct SinkConfig {
-    /// The output directory (exists, empty of stook's files).
+    /// The output directory, with a manifest (header written).
     pub dir: PathBuf,
     /// Write in input order (true) or as batches finish (false).
     pub preserve_order: bool,
     /// Batches per shard.
     pub shard_batches: u64,
+    /// Batches already committed by an earlier run (never delivered).
+    pub done_batches: BTreeSet<u64>,
+    /// Shards already committed by an earlier run.
+    pub done_shards: BTreeSet<u64>,
 }
 
-/// One committed shard, as the manifest records it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ShardRecord {
-    /// Shard index.
-    pub shard: u64,
-    /// Part file name.
-    pub part: String,
-    /// Runs of batch indices it holds, as `[first, last]`.
-    pub batches: Vec<(u64, u64)>,
-    /// Result rows in it.
-    pub rows: u64,
-    /// Bad rows of its batches.
-    pub errors: u64,
-    /// Its size in bytes.
-    pub bytes: u64,
-    /// CRC-32 of its bytes.
-    pub crc32: u32,
-    /// The errors file's length once this shard's errors were written.
-    pub errors_end: u64,
-}
-
-struct OpenShard {
-    index: u64,
+/// A file being written under a temporary name.
+struct TempFile {
     tmp: PathBuf,
     out: BufWriter<File>,
     crc: crc32fast::Hasher,
-    batches: Vec<(u64, u64)>,
-    count: u64,
-    rows: u64,
-    errors: u64,
     bytes: u64,
 }
 
-impl OpenShard {
+impl TempFile {
+    fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let file = File::create(&tmp)?;
+        Ok(TempFile {
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        })
+    }
+
     fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.crc.update(data);
         self.bytes += data.len() as u64;
         self.out.write_all(data)
     }
 
+    /// Flushes, syncs and renames to `dir/name`; returns (bytes, crc32).
+    fn commit(self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&self.tmp, dir.join(name))?;
+        Ok((self.bytes, self.crc.finalize()))
+    }
+
+    fn discard(self) {
+        drop(self.out);
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+struct OpenShard {
+    index: u64,
+    part: TempFile,
+    errors: Option<TempFile>,
+    batches: Vec<(u64, u64)>,
+    count: u64,
+    rows: u64,
+    errors_count: u64,
+}
+
+impl OpenShard {
     fn note_batch(&mut self, index: u64) {
         match self.batches.last_mut() {
             Some((_, last)) if *last + 1 == index => *last = index,
@@ -105,11 +113,9 @@ pub struct Sink {
     progress: Arc<Progress>,
     pending: BTreeMap<u64, Deliver>,
     next_index: u64,
-    next_shard: u64,
+    next_unordered_shard: u64,
     shard: Option<OpenShard>,
     manifest: Option<File>,
-    errors: Option<BufWriter<File>>,
-    errors_len: u64,
     summary: SinkSummary,
     line: Vec<u8>,
 }
@@ -117,115 +123,135 @@ pub struct Sink {
 impl Sink {
     /// A Sink writing into `cfg.dir`.
     pub fn new(cfg: SinkConfig, progress: Arc<Progress>) -> Self {
-        Sink {
+        let next_unordered_shard = cfg.done_shards.last().map_or(0, |s| s + 1);
+        let mut sink = Sink {
             cfg,
             progress,
             pending: BTreeMap::new(),
             next_index: 0,
-            next_shard: 0,
+            next_unordered_shard,
             shard: None,
             manifest: None,
-            errors: None,
-            errors_len: 0,
             summary: SinkSummary::default(),
             line: Vec::new(),
-        }
+        };
+        sink.skip_done();
+        sink
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.cfg.dir.join(name)
+    fn skip_done(&mut self) {
+        while self.cfg.done_batches.contains(&self.next_index) {
+            self.next_index += 1;
+        }
     }
 
     fn io<T>(&self, name: &str, r: std::io::Result<T>) -> Result<T, PipelineError> {
-        r.map_err(|e| PipelineError::output(self.path(name), e))
+        r.map_err(|e| PipelineError::output(self.cfg.dir.join(name), e))
     }
 
-    fn write_batch(&mut self, d: Deliver) -> Result<(), PipelineError> {
+    /// The shard batch `index` belongs to; opens it (committing another
+    /// that is open) when needed.
+    fn shard_for(&mut self, index: u64) -> Result<&mut OpenShard, PipelineError> {
+        let wanted = if self.cfg.preserve_order {
+            Some(index / self.cfg.shard_batches)
+        } else {
+            None
+        };
+        if let (Some(open), Some(w)) = (&self.shard, wanted) {
+            if open.index != w {
+                self.commit()?;
+            }
+        }
         if self.shard.is_none() {
-            let index = self.next_shard;
-            let tmp = self.path(&format!(".{}.tmp", part_name(index)));
-            let file = self.io(&part_name(index), File::create(&tmp))?;
+            let index = wanted.unwrap_or_else(|| {
+                let s = self.next_unordered_shard;
+                self.next_unordered_shard += 1;
+                s
+            });
+            let name = part_name(index);
+            let part = self.io(&name, TempFile::create(&self.cfg.dir, &name))?;
             self.shard = Some(OpenShard {
                 index,
-                tmp,
-                out: BufWriter::with_capacity(1 << 20, file),
-                crc: crc32fast::Hasher::new(),
+                part,
+                errors: None,
                 batches: Vec::new(),
                 count: 0,
                 rows: 0,
-                errors: 0,
-                bytes: 0,
+                errors_count: 0,
             });
         }
+        self.shard
+            .as_mut()
+            .ok_or(PipelineError::ActorGone("sink shard"))
+    }
+
+    fn write_batch(&mut self, d: Deliver) -> Result<(), PipelineError> {
+        let preserve_order = self.cfg.preserve_order;
+        let dir = self.cfg.dir.clone();
+        let mut line = std::mem::take(&mut self.line);
+        let shard = self.shard_for(d.plan.index)?;
+        let name = part_name(shard.index);
         let mut rows = 0u64;
+        let mut res = Ok(());
         if let Some(obj) = &d.output {
             obj.set_holder(Holder::Sink);
             let out = OutputBatch::decode(obj)?;
             rows = out.len() as u64;
-            let Some(shard) = self.shard.as_mut() else {
-                unreachable!()
-            };
-            let line = &mut self.line;
-            let mut res = Ok(());
             for i in 0..out.len() {
                 let (row, json) = out.get(i);
                 line.clear();
-                if self.cfg.preserve_order {
+                if preserve_order {
                     line.extend_from_slice(json.as_bytes());
                 } else {
-                    with_row_number(line, row, json);
+                    with_row_number(&mut line, row, json);
                 }
                 line.push(b'\n');
-                res = shard.write(line);
+                res = shard.part.write(&line);
                 if res.is_err() {
                     break;
                 }
             }
-            let name = part_name(shard.index);
-            self.io(&name, res)?;
+        }
+        let mut err_res = Ok(());
+        if res.is_ok() && !d.errors.is_empty() {
+            let ename = errors_name(shard.index);
+            if shard.errors.is_none() {
+                match TempFile::create(&dir, &ename) {
+                    Ok(f) => shard.errors = Some(f),
+                    Err(e) => err_res = Err((ename.clone(), e)),
+                }
+            }
+            if let Some(f) = shard.errors.as_mut() {
+                let mut buf = Vec::new();
+                for e in &d.errors {
+                    // A RowError always serialises.
+                    let _ = serde_json::to_writer(&mut buf, e);
+                    buf.push(b'\n');
+                }
+                if let Err(e) = f.write(&buf) {
+                    err_res = Err((ename, e));
+                }
+            }
         }
         let n_err = d.errors.len() as u64;
-        if !d.errors.is_empty() {
-            self.write_errors(&d)?;
-        }
-        let Some(shard) = self.shard.as_mut() else {
-            unreachable!()
-        };
-        shard.rows += rows;
-        shard.errors += n_err;
+        shard.rows += rows + n_err;
+        shard.errors_count += n_err;
         shard.note_batch(d.plan.index);
+        let full = shard.count >= self.cfg.shard_batches;
+        self.line = line;
+        self.io(&name, res)?;
+        if let Err((ename, e)) = err_res {
+            return Err(PipelineError::output(dir.join(ename), e));
+        }
         self.summary.rows_written += rows;
         self.summary.errors += n_err;
         self.summary.blank_lines += d.plan.blank_lines;
         self.progress.batch_done(rows + n_err, n_err);
         drop(d);
-        if shard.count >= self.cfg.shard_batches {
+        if full {
             self.commit()?;
         }
         Ok(())
-    }
-
-    fn write_errors(&mut self, d: &Deliver) -> Result<(), PipelineError> {
-        if self.errors.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.path(ERRORS));
-            let f = self.io(ERRORS, f)?;
-            self.errors = Some(BufWriter::new(f));
-        }
-        let Some(w) = self.errors.as_mut() else {
-            unreachable!()
-        };
-        let mut buf = Vec::new();
-        for e in &d.errors {
-            // A RowError always serialises.
-            let _ = serde_json::to_writer(&mut buf, e);
-            buf.push(b'\n');
-        }
-        self.errors_len += buf.len() as u64;
-        let r = w.write_all(&buf);
-        self.io(ERRORS, r)
     }
 
     /// Makes the open shard durable under its final name, then records it.
@@ -233,69 +259,53 @@ impl Sink {
         let Some(shard) = self.shard.take() else {
             return Ok(());
         };
+        let dir = self.cfg.dir.clone();
         let name = part_name(shard.index);
-        let OpenShard {
-            index,
-            tmp,
-            out,
-            crc,
-            batches,
-            rows,
-            errors,
-            bytes,
-            ..
-        } = shard;
-        let file = self.io(&name, out.into_inner().map_err(|e| e.into_error()))?;
-        self.io(&name, file.sync_all())?;
-        drop(file);
-        if let Some(w) = self.errors.as_mut() {
-            let r = w.flush().and_then(|_| w.get_ref().sync_data());
-            self.io(ERRORS, r)?;
+        let mut errors_bytes = 0;
+        if let Some(errors) = shard.errors {
+            let ename = errors_name(shard.index);
+            let r = errors.commit(&dir, &ename);
+            errors_bytes = self.io(&ename, r)?.0;
         }
-        self.io(&name, std::fs::rename(&tmp, self.path(&name)))?;
-        self.io(&name, sync_dir(&self.cfg.dir))?;
+        let (bytes, crc32) = self.io(&name, shard.part.commit(&dir, &name))?;
+        self.io(&name, sync_dir(&dir))?;
         let record = ShardRecord {
-            shard: index,
+            shard: shard.index,
             part: name.clone(),
-            batches,
-            rows,
-            errors,
+            batches: shard.batches,
+            rows: shard.rows,
+            errors: shard.errors_count,
             bytes,
-            crc32: crc.finalize(),
-            errors_end: self.errors_len,
+            crc32,
+            errors_bytes,
         };
-        self.append_manifest(&record)?;
-        self.next_shard = index + 1;
+        if self.manifest.is_none() {
+            let f = open_for_append(&dir);
+            self.manifest = Some(self.io(crate::checkpoint::MANIFEST, f)?);
+        }
+        let Some(m) = self.manifest.as_mut() else {
+            unreachable!("opened above")
+        };
+        let r = append_record(m, &record);
+        self.io(crate::checkpoint::MANIFEST, r)?;
         self.summary.parts.push(name);
         self.summary.bytes_written += bytes;
         self.progress.shard_committed();
-        tracing::debug!(shard = index, rows, bytes, "shard committed");
+        tracing::debug!(
+            shard = record.shard,
+            rows = record.rows,
+            bytes,
+            "shard committed"
+        );
         Ok(())
-    }
-
-    fn append_manifest(&mut self, record: &ShardRecord) -> Result<(), PipelineError> {
-        if self.manifest.is_none() {
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(self.path(MANIFEST));
-            self.manifest = Some(self.io(MANIFEST, f)?);
-        }
-        let Some(m) = self.manifest.as_mut() else {
-            unreachable!()
-        };
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
-        line.push(b'\n');
-        // One write of one line, then a sync: a crash leaves at most a torn
-        // last line, which a reader ignores.
-        let r = m.write_all(&line).and_then(|_| m.sync_data());
-        self.io(MANIFEST, r)
     }
 
     fn discard_open_shard(&mut self) {
         if let Some(shard) = self.shard.take() {
-            drop(shard.out);
-            let _ = std::fs::remove_file(&shard.tmp);
+            shard.part.discard();
+            if let Some(e) = shard.errors {
+                e.discard();
+            }
         }
     }
 }
@@ -313,10 +323,6 @@ fn with_row_number(line: &mut Vec<u8>, row: u64, json: &str) {
         line.push(b',');
     }
     line.extend_from_slice(rest.as_bytes());
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl Actor for Sink {
@@ -337,6 +343,7 @@ impl Handler<Deliver> for Sink {
         self.pending.insert(d.plan.index, d);
         while let Some(d) = self.pending.remove(&self.next_index) {
             self.next_index += 1;
+            self.skip_done();
             self.write_batch(d)?;
         }
         Ok(())
@@ -350,14 +357,8 @@ impl Handler<Finish> for Sink {
         self.pending.clear();
         if msg.complete {
             self.commit()?;
-            let marker = File::create(self.path(SUCCESS)).and_then(|f| f.sync_all());
-            self.io(SUCCESS, marker)?;
-            self.io(SUCCESS, sync_dir(&self.cfg.dir))?;
         } else {
             self.discard_open_shard();
-            if let Some(w) = self.errors.as_mut() {
-                let _ = w.flush();
-            }
         }
         Ok(self.summary.clone())
     }

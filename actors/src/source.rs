@@ -225,6 +225,8 @@ pub struct SourceConfig {
     pub limits: RowLimits,
     /// Skip bad rows (true) or stop at the first (false).
     pub skip_bad_rows: bool,
+    /// Batches committed by an earlier run: cut, never encoded.
+    pub done_batches: std::collections::BTreeSet<u64>,
 }
 
 /// The Source actor.
@@ -251,7 +253,17 @@ impl Source {
         }
     }
 
+    /// The next batch not committed by an earlier run.
     fn plan(&mut self) -> Option<BatchPlan> {
+        loop {
+            let plan = self.cut()?;
+            if !self.cfg.done_batches.contains(&plan.index) {
+                return Some(plan);
+            }
+        }
+    }
+
+    fn cut(&mut self) -> Option<BatchPlan> {
         let mut lines = Lines::new(self.input.bytes(), self.pos, self.next_line);
         let (first_pos, first_line) = (self.pos, self.next_line);
         let (mut rows, mut bytes, mut blank, mut last) = (0usize, 0usize, 0u64, first_line);

@@ -48,6 +48,7 @@ pub fn synthetic_config(input: &Path, output: &Path, options: &str) -> JobConfig
         output: OutputConfig {
             path: output.to_path_buf(),
             preserve_order: true,
+            assemble: None,
         },
         model: ModelConfig {
             backend: "synthetic".into(),

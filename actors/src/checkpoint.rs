@@ -1,0 +1,431 @@
+//! Checkpoints: the manifest of committed shards, the fingerprints that make
+//! a resume safe, and what a resumed run may skip.
+//!
+//! `_manifest.jsonl` starts with a header line naming the input's and the
+//! config's fingerprints; every further line is one committed shard
+//! ([`ShardRecord`]), appended and synced only after its part file is
+//! durable under its final name. A crash can leave at most a torn last line,
+//! which [`Manifest::read`] drops (and [`Manifest::rewrite`] removes).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's name in the output directory.
+pub const MANIFEST: &str = "_manifest.jsonl";
+/// The assembled errors file (all shards' bad rows, in shard order).
+pub const ERRORS: &str = "_errors.jsonl";
+/// The success marker.
+pub const SUCCESS: &str = "_SUCCESS";
+
+/// The name of shard `i`'s part file.
+pub fn part_name(i: u64) -> String {
+    format!("part-{i:05}.jsonl")
+}
+
+/// The name of shard `i`'s bad-row file (only when it has bad rows).
+pub fn errors_name(i: u64) -> String {
+    format!("_errors-{i:05}.jsonl")
+}
+
+/// What identifies an input file: size, mtime and CRC-32s of its first and
+/// last 64 KiB.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFingerprint {
+    /// Bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: u128,
+    /// CRC-32 of the first 64 KiB.
+    pub head_crc32: u32,
+    /// CRC-32 of the last 64 KiB.
+    pub tail_crc32: u32,
+}
+
+const BLOCK: u64 = 64 << 10;
+
+impl InputFingerprint {
+    /// Fingerprints `path`.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let mut f = File::open(path)?;
+        let meta = f.metadata()?;
+        let size = meta.len();
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mut crc_at = |at: u64| -> std::io::Result<u32> {
+            f.seek(SeekFrom::Start(at))?;
+            let mut buf = Vec::with_capacity(BLOCK as usize);
+            (&mut f).take(BLOCK).read_to_end(&mut buf)?;
+            Ok(crc32fast::hash(&buf))
+        };
+        let head_crc32 = crc_at(0)?;
+        let tail_crc32 = crc_at(size.saturating_sub(BLOCK))?;
+        Ok(InputFingerprint {
+            size,
+            mtime_ns,
+            head_crc32,
+            tail_crc32,
+        })
+    }
+
+    /// What differs from `other`, in words.
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        let mut d = Vec::new();
+        if self.size != other.size {
+            d.push(format!("size {} → {} bytes", self.size, other.size));
+        }
+        if self.mtime_ns != other.mtime_ns {
+            d.push("modification time".into());
+        }
+        if self.head_crc32 != other.head_crc32 {
+            d.push("content of its first 64 KiB".into());
+        }
+        if self.tail_crc32 != other.tail_crc32 {
+            d.push("content of its last 64 KiB".into());
+        }
+        d
+    }
+}
+
+/// The first line of a manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestHeader {
+    /// Always "stook".
+    pub manifest: String,
+    /// Format version.
+    pub version: u32,
+    /// The input the shards were computed from.
+    pub input: InputFingerprint,
+    /// The settings that change results, by config key.
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+impl ManifestHeader {
+    /// A header for a new output.
+    pub fn new(input: InputFingerprint, config: BTreeMap<String, serde_json::Value>) -> Self {
+        ManifestHeader {
+            manifest: "stook".into(),
+            version: 1,
+            input,
+            config,
+        }
+    }
+
+    /// Why a run with `now` may not resume this output, if it may not.
+    pub fn refuse(&self, now: &ManifestHeader) -> Option<String> {
+        let mut why = Vec::new();
+        let input = self.input.differences(&now.input);
+        if !input.is_empty() {
+            why.push(format!("the input changed ({})", input.join(", ")));
+        }
+        let keys: BTreeSet<&String> = self.config.keys().chain(now.config.keys()).collect();
+        let changed: Vec<String> = keys
+            .into_iter()
+            .filter(|k| self.config.get(*k) != now.config.get(*k))
+            .map(|k| {
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or("(unset)".to_string(), |v| v.to_string())
+                };
+                format!(
+                    "{k}: {} → {}",
+                    show(self.config.get(k)),
+                    show(now.config.get(k))
+                )
+            })
+            .collect();
+        if !changed.is_empty() {
+            why.push(format!("the config changed ({})", changed.join("; ")));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// One committed shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Shard index.
+    pub shard: u64,
+    /// Part file name.
+    pub part: String,
+    /// Runs of batch indices it holds, as `[first, last]`.
+    pub batches: Vec<(u64, u64)>,
+    /// Input rows of its batches (results and bad rows).
+    pub rows: u64,
+    /// Bad rows of its batches.
+    pub errors: u64,
+    /// The part's size in bytes.
+    pub bytes: u64,
+    /// CRC-32 of the part's bytes.
+    pub crc32: u32,
+    /// The size of its bad-row file (0: none).
+    pub errors_bytes: u64,
+}
+
+impl ShardRecord {
+    /// Every batch index it holds.
+    pub fn batch_indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.batches.iter().flat_map(|&(a, b)| a..=b)
+    }
+}
+
+/// A manifest as read back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    /// The header.
+    pub header: ManifestHeader,
+    /// Committed shards, in commit order.
+    pub shards: Vec<ShardRecord>,
+    /// Whether a torn last line was dropped.
+    pub torn_tail: bool,
+}
+
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {message}", .path.display())]
+pub struct ManifestError {
+    /// The manifest.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Manifest {
+    /// Reads `dir`'s manifest; `Ok(None)` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<Self>, ManifestError> {
+        let path = dir.join(MANIFEST);
+        let err = |line, message: String| ManifestError {
+            path: path.clone(),
+            line,
+            message,
+        };
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(err(0, e.to_string())),
+        };
+        let complete = text.ends_with(b"\n");
+        let lines: Vec<&[u8]> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut header = None;
+        let mut shards = Vec::new();
+        let mut torn_tail = false;
+        for (i, line) in lines.iter().enumerate() {
+            let last = i + 1 == lines.len();
+            let parsed = if i == 0 {
+                serde_json::from_slice::<ManifestHeader>(line).map(|h| header = Some(h))
+            } else {
+                serde_json::from_slice::<ShardRecord>(line).map(|s| shards.push(s))
+            };
+            match parsed {
+                Ok(()) => {}
+                // A crash mid-append leaves an unterminated last line.
+                Err(_) if last && !complete => torn_tail = true,
+                Err(e) => return Err(err(i + 1, format!("not a manifest line: {e}"))),
+            }
+        }
+        let Some(header) = header else {
+            return Err(err(1, "no header line".into()));
+        };
+        if header.manifest != "stook" || header.version != 1 {
+            return Err(err(1, "not a stook manifest of version 1".into()));
+        }
+        Ok(Some(Manifest {
+            header,
+            shards,
+            torn_tail,
+        }))
+    }
+
+    /// Writes the manifest anew (temporary file, sync, rename, sync dir).
+    pub fn rewrite(&self, dir: &Path) -> std::io::Result<()> {
+        let mut text = serde_json::to_vec(&self.header).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        for s in &self.shards {
+            text.extend(serde_json::to_vec(s).map_err(std::io::Error::other)?);
+            text.push(b'\n');
+        }
+        write_atomic(dir, MANIFEST, &text)
+    }
+}
+
+/// Appends one shard record to the manifest and syncs it.
+pub fn append_record(file: &mut File, record: &ShardRecord) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    // One write of one whole line, then a sync: a crash leaves at most a
+    // torn last line, which a reader drops.
+    file.write_all(&line)?;
+    file.sync_data()
+}
+
+/// Opens the manifest for appending.
+pub fn open_for_append(dir: &Path) -> std::io::Result<File> {
+    OpenOptions::new().append(true).open(dir.join(MANIFEST))
+}
+
+/// Writes `dir/name` atomically: a temporary file, synced, renamed, and the
+/// directory synced.
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// Syncs a directory, making renames in it durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Whether a shard's files are as the manifest says.
+pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
+    let data =
+        std::fs::read(dir.join(&record.part)).map_err(|e| format!("{}: {e}", record.part))?;
+    if data.len() as u64 != record.bytes {
+        return Err(format!(
+            "{}: {} bytes, the manifest says {}",
+            record.part,
+            data.len(),
+            record.bytes
+        ));
+    }
+    if crc32fast::hash(&data) != record.crc32 {
+        return Err(format!(
+            "{}: checksum differs from the manifest's",
+            record.part
+        ));
+    }
+    if record.errors_bytes > 0 {
+        let name = errors_name(record.shard);
+        let len = std::fs::metadata(dir.join(&name))
+            .map_err(|e| format!("{name}: {e}"))?
+            .len();
+        if len != record.errors_bytes {
+            return Err(format!(
+                "{name}: {len} bytes, the manifest says {}",
+                record.errors_bytes
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a resumed run skips and where it goes on.
+#[derive(Clone, Debug, Default)]
+pub struct Resume {
+    /// Batches already committed.
+    pub done_batches: BTreeSet<u64>,
+    /// Shard indices already committed.
+    pub done_shards: BTreeSet<u64>,
+    /// Rows (results and bad rows) already committed.
+    pub done_rows: u64,
+    /// Bad rows already committed.
+    pub done_errors: u64,
+}
+
+impl Resume {
+    /// From the verified shards of a manifest.
+    pub fn from_shards(shards: &[ShardRecord]) -> Self {
+        let mut r = Resume::default();
+        for s in shards {
+            r.done_batches.extend(s.batch_indices());
+            r.done_shards.insert(s.shard);
+            r.done_rows += s.rows;
+            r.done_errors += s.errors;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> ManifestHeader {
+        let mut cfg = BTreeMap::new();
+        cfg.insert("batch.size".to_string(), serde_json::json!(256));
+        ManifestHeader::new(
+            InputFingerprint {
+                size: 10,
+                mtime_ns: 1,
+                head_crc32: 2,
+                tail_crc32: 3,
+            },
+            cfg,
+        )
+    }
+
+    fn record(shard: u64) -> ShardRecord {
+        ShardRecord {
+            shard,
+            part: part_name(shard),
+            batches: vec![(shard * 2, shard * 2 + 1)],
+            rows: 10,
+            errors: 0,
+            bytes: 0,
+            crc32: 0,
+            errors_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_torn_last_line_is_dropped_and_a_torn_middle_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest {
+            header: header(),
+            shards: vec![record(0), record(1)],
+            torn_tail: false,
+        };
+        m.rewrite(dir.path()).unwrap();
+        assert_eq!(Manifest::read(dir.path()).unwrap().unwrap(), m);
+        let mut f = open_for_append(dir.path()).unwrap();
+        f.write_all(b"{\"shard\":2,\"par").unwrap();
+        let back = Manifest::read(dir.path()).unwrap().unwrap();
+        assert!(back.torn_tail);
+        assert_eq!(back.shards.len(), 2);
+        f.write_all(b"\n").unwrap();
+        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("_manifest.jsonl:4: not a manifest line"), "{e}");
+    }
+
+    #[test]
+    fn refusals_name_what_changed() {
+        let a = header();
+        let mut b = header();
+        assert_eq!(a.refuse(&b), None);
+        b.input.size = 11;
+        b.config.insert("batch.size".into(), serde_json::json!(64));
+        let why = a.refuse(&b).unwrap();
+        assert!(
+            why.contains("the input changed (size 10 → 11 bytes)"),
+            "{why}"
+        );
+        assert!(why.contains("batch.size: 256 → 64"), "{why}");
+    }
+
+    #[test]
+    fn fingerprints_see_content_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![b'a'; 200_000]).unwrap();
+        let a = InputFingerprint::of(&p).unwrap();
+        let mut data = vec![b'a'; 200_000];
+        data[199_999] = b'b';
+        std::fs::write(&p, data).unwrap();
+        let b = InputFingerprint::of(&p).unwrap();
+        assert_ne!(a.tail_crc32, b.tail_crc32);
+        assert_eq!(a.head_crc32, b.head_crc32);
+    }
+}
