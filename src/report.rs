@@ -10,6 +10,26 @@ use stook_actors::{Device, ProgressSnapshot, StoreStats};
 use crate::config::{ByteSize, JobConfig};
 use crate::output::Totals;
 
+/// What a run measured, for its report.
+pub struct RunFacts<'a> {
+    /// What the Sink wrote this run.
+    pub sink: &'a SinkSummary,
+    /// Totals over every committed shard.
+    pub totals: &'a Totals,
+    /// Rows committed by earlier runs.
+    pub rows_resumed: u64,
+    /// The run's counters.
+    pub progress: ProgressSnapshot,
+    /// The store at the end.
+    pub store: &'a StoreStats,
+    /// Wall time.
+    pub wall: Duration,
+    /// Peak resident memory.
+    pub peak_rss_bytes: u64,
+    /// Each actor's device.
+    pub devices: &'a [Device],
+}
+
 /// What a finished run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -59,17 +79,17 @@ pub struct RunReport {
 
 impl RunReport {
     /// Gathers the report.
-    pub fn new(
-        cfg: &JobConfig,
-        sink: &SinkSummary,
-        totals: &Totals,
-        rows_resumed: u64,
-        progress: ProgressSnapshot,
-        store: &StoreStats,
-        wall: Duration,
-        peak_rss_bytes: u64,
-        devices: &[Device],
-    ) -> Self {
+    pub fn new(cfg: &JobConfig, facts: RunFacts<'_>) -> Self {
+        let RunFacts {
+            sink,
+            totals,
+            rows_resumed,
+            progress,
+            store,
+            wall,
+            peak_rss_bytes,
+            devices,
+        } = facts;
         let secs = wall.as_secs_f64();
         let rows = sink.rows_written + sink.errors;
         RunReport {

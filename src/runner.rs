@@ -29,7 +29,7 @@ use stook_actors::{
 use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
 use crate::output;
 use crate::registry::BackendRegistry;
-use crate::report::{peak_rss_bytes, RunReport};
+use crate::report::{peak_rss_bytes, RunFacts, RunReport};
 
 /// Bad rows shown in an error; all are counted.
 pub const ERRORS_SHOWN: usize = 20;
@@ -331,14 +331,16 @@ impl Job {
         let totals = output::finalize(&cfg.output.path, cfg.output.assemble.as_deref())?;
         let report = RunReport::new(
             cfg,
-            &summary,
-            &totals,
-            resume.done_rows,
-            control.progress.snapshot(),
-            &stats,
-            started.elapsed(),
-            peak_rss_bytes(),
-            &devices,
+            RunFacts {
+                sink: &summary,
+                totals: &totals,
+                rows_resumed: resume.done_rows,
+                progress: control.progress.snapshot(),
+                store: &stats,
+                wall: started.elapsed(),
+                peak_rss_bytes: peak_rss_bytes(),
+                devices: &devices,
+            },
         );
         let path = cfg.output.path.join(REPORT);
         report
