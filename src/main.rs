@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stook::bench::{self, PipelineBench};
+use stook::bench::{self, CheckpointBench, PipelineBench};
 use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError};
 
 /// Exit codes.
@@ -62,6 +62,8 @@ enum Command {
 enum BenchCommand {
     /// stook with the echo backend against a plain serde_json loop.
     Pipeline(PipelineBench),
+    /// The cost of shard commits and the work a stop loses.
+    Checkpoint(CheckpointBench),
 }
 
 fn main() -> ExitCode {
@@ -87,12 +89,16 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Bench {
-            which: BenchCommand::Pipeline(args),
-        } => match bench::pipeline(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e.to_string(), EXIT_FAILED),
-        },
+        Command::Bench { which } => {
+            let r = match which {
+                BenchCommand::Pipeline(args) => bench::pipeline(&args),
+                BenchCommand::Checkpoint(args) => bench::checkpoint(&args),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e.to_string(), EXIT_FAILED),
+            }
+        }
     }
 }
 

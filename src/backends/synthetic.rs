@@ -47,6 +47,9 @@ pub struct SyntheticOptions {
     /// Row ids whose batch panics.
     #[serde(default)]
     pub panic_ids: Vec<toml::Value>,
+    /// Panic in every model load.
+    #[serde(default)]
+    pub load_panics: bool,
     /// The text field's name.
     #[serde(default = "default_text")]
     pub text_field: String,
@@ -132,6 +135,9 @@ impl Backend for Synthetic {
 
     fn load(&self, _device: &Device) -> Result<Arc<dyn Model>, ModelError> {
         spend(Duration::from_millis(self.opts.load_ms), false);
+        if self.opts.load_panics {
+            panic!("synthetic panic while loading");
+        }
         Ok(Arc::new(SyntheticModel {
             opts: self.opts.clone(),
             fail: self.fail.clone(),
