@@ -110,6 +110,11 @@ pub struct BatchConfig {
     /// Default: 2 × num_actors + 2.
     #[serde(default)]
     pub reorder_window: Option<usize>,
+    /// A batch in flight longer than this is sent again to an idle actor
+    /// (the first result wins), and a stop waits no longer than this for
+    /// batches in flight. Unset: no timeout.
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
 }
 
 /// `[memory]`: the byte budget.
@@ -119,6 +124,10 @@ pub struct MemoryConfig {
     /// The object store's budget.
     #[serde(default = "default_store")]
     pub object_store: ByteSize,
+    /// Track which stage holds each object (for the report and trace
+    /// logs); off only to measure what the tracking costs.
+    #[serde(default = "yes")]
+    pub holder_accounting: bool,
 }
 
 /// `[checkpoint]`: how output is cut into committed shards.
@@ -171,6 +180,7 @@ impl Default for BatchConfig {
             on_error: default_on_error(),
             max_retries: default_retries(),
             reorder_window: None,
+            timeout: None,
         }
     }
 }
@@ -179,6 +189,7 @@ impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
             object_store: default_store(),
+            holder_accounting: true,
         }
     }
 }
@@ -407,6 +418,65 @@ pub fn parse_value<T: DeserializeOwned>(
     })
 }
 
+/// A duration, written `30s`, `500ms`, `2m`, `1h` or a number of seconds.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Seconds(pub std::time::Duration);
+
+impl FromStr for Seconds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(t.len());
+        let n: f64 = t[..split]
+            .parse()
+            .map_err(|_| format!("expected a duration like \"30s\" or \"500ms\", found {s:?}"))?;
+        let mult = match t[split..].trim() {
+            "" | "s" => 1.0,
+            "ms" => 1e-3,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            u => {
+                return Err(format!(
+                    "unknown unit {u:?} in {s:?}, expected ms, s, m or h"
+                ))
+            }
+        };
+        std::time::Duration::try_from_secs_f64(n * mult)
+            .map(Seconds)
+            .map_err(|_| format!("duration out of range: {s:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a duration: seconds or a string like \"30s\"")
+        })? {
+            Raw::N(n) => std::time::Duration::try_from_secs_f64(n)
+                .map(Seconds)
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("expected 0 or more seconds, found {n}"))
+                }),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Serialize for Seconds {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(self.0.as_secs_f64())
+    }
+}
+
 /// A size in bytes, written `256MiB`, `64 MB`, `1GiB` or `1048576`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
@@ -567,5 +637,20 @@ mod tests {
         assert!("12 parsecs".parse::<ByteSize>().is_err());
         assert!("-1MiB".parse::<ByteSize>().is_err());
         assert_eq!(ByteSize(64 << 20).to_string(), "64.0 MiB");
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!("30s".parse::<Seconds>().unwrap().0, Duration::from_secs(30));
+        assert_eq!(
+            "500ms".parse::<Seconds>().unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!("2m".parse::<Seconds>().unwrap().0, Duration::from_secs(120));
+        assert!("5 fortnights".parse::<Seconds>().is_err());
+        let text = "[input]\npath = \"x\"\n[output]\npath = \"o\"\n[model]\nbackend = \"echo\"\n[batch]\ntimeout = 1.5\n";
+        let c = JobConfig::from_toml(text, Path::new(".")).unwrap();
+        assert_eq!(c.batch.timeout, Some(Seconds(Duration::from_millis(1500))));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stook::bench::{self, CheckpointBench, PipelineBench};
+use stook::bench::{self, BackpressureBench, CheckpointBench, PipelineBench};
 use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError};
 
 /// Exit codes.
@@ -64,6 +64,8 @@ enum BenchCommand {
     Pipeline(PipelineBench),
     /// The cost of shard commits and the work a stop loses.
     Checkpoint(CheckpointBench),
+    /// A fast source over a slow model within a memory budget.
+    Backpressure(BackpressureBench),
 }
 
 fn main() -> ExitCode {
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
             let r = match which {
                 BenchCommand::Pipeline(args) => bench::pipeline(&args),
                 BenchCommand::Checkpoint(args) => bench::checkpoint(&args),
+                BenchCommand::Backpressure(args) => bench::backpressure(&args),
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,

@@ -57,7 +57,12 @@ pub struct RunReport {
     pub store_budget_bytes: u64,
     /// Most objects held at once.
     pub peak_store_objects: u64,
-    /// Objects and reservations still held when the run ended (always 0).
+    /// The most objects and bytes each stage pinned at once: source
+    /// (encoded, not dispatched), in_flight, reorder (finished, waiting for
+    /// order), sink (being written).
+    pub peak_store_holders: std::collections::BTreeMap<String, stook_actors::store::HolderStats>,
+    /// Objects and reservations still held when the run ended: 0, unless an
+    /// actor was abandoned inside a model call past `batch.timeout`.
     pub leaked_store_objects: u64,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,
@@ -105,6 +110,7 @@ impl RunReport {
             peak_store_bytes: store.peak,
             store_budget_bytes: store.budget,
             peak_store_objects: store.peak_objects,
+            peak_store_holders: store.peak_holders.clone(),
             leaked_store_objects: store.objects + store.reservations,
             peak_rss_bytes,
             model_loads: progress.model_loads,

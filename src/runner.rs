@@ -235,8 +235,12 @@ impl Job {
         control
             .progress
             .resumed(resume.done_rows, resume.done_errors);
-        let store =
-            ObjectStore::new(cfg.memory.object_store.as_usize()).map_err(PipelineError::from)?;
+        let store = ObjectStore::with_options(
+            cfg.memory.object_store.as_usize(),
+            Some(control.progress.clone()),
+            cfg.memory.holder_accounting,
+        )
+        .map_err(PipelineError::from)?;
 
         // 4. The actors, each with a lifetime on its own thread.
         let mut arbiters = Vec::new();
@@ -296,9 +300,11 @@ impl Job {
             lookahead: cfg.batch.num_actors,
             skip_bad_rows: cfg.batch.on_error == OnError::Skip,
             input_name: cfg.input.path.display().to_string().into(),
+            timeout: cfg.batch.timeout.map(|t| t.0),
         };
         let backend = self.backend.clone();
         let cancel = control.cancel.clone();
+        let progress = control.progress.clone();
         let store2 = store.clone();
         Scheduler::create(move |_| {
             Scheduler::new(
@@ -311,6 +317,7 @@ impl Job {
                     sink,
                 },
                 cancel,
+                progress,
                 tx,
             )
         });
@@ -319,12 +326,7 @@ impl Job {
         let outcome = rx
             .await
             .unwrap_or(Err(PipelineError::ActorGone("scheduler")));
-        for arb in &arbiters {
-            arb.stop();
-        }
-        for arb in arbiters {
-            let _ = arb.join();
-        }
+        join_arbiters(arbiters, cfg.batch.timeout.map(|t| t.0));
         let stats = store.stats();
         drop(store);
         let summary = outcome?;
@@ -362,6 +364,40 @@ impl Job {
         Ok(inventory
             .assign(b.num_actors, b.num_gpus_per_actor)
             .map_err(PipelineError::from)?)
+    }
+}
+
+/// Stops every arbiter and joins its thread. An actor still inside a model
+/// call (one abandoned past `batch.timeout`) cannot be interrupted: after
+/// the timeout its thread is left to finish on its own, and said so.
+fn join_arbiters(arbiters: Vec<Arbiter>, timeout: Option<std::time::Duration>) {
+    for arb in &arbiters {
+        arb.stop();
+    }
+    let Some(timeout) = timeout else {
+        for arb in arbiters {
+            let _ = arb.join();
+        }
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = arbiters.len();
+    std::thread::spawn(move || {
+        for arb in arbiters {
+            let _ = arb.join();
+            let _ = tx.send(());
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    for joined in 0..n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if rx.recv_timeout(left).is_err() {
+            tracing::warn!(
+                threads = n - joined,
+                "actor threads still busy in a model call; left to finish"
+            );
+            return;
+        }
     }
 }
 

@@ -233,3 +233,36 @@ fn a_budget_smaller_than_one_batch_is_refused_naming_the_minimum() {
     );
     assert!(e.contains("raise memory.object_store to at least"), "{e}");
 }
+
+#[test]
+fn a_batch_past_its_timeout_is_sent_again_and_the_first_result_wins() {
+    use stook::config::Seconds;
+    use stook::{BackendRegistry, Job, RunControl};
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 400);
+    let out = dir.path().join("o");
+    // The first actor is 1000× slower: 5 s for each of its batches.
+    let mut c = with_batching(
+        synthetic_config(&input, &out, "batch_ms = 5\nlag_factor = 1000"),
+        20,
+        Compute::Actors,
+        2,
+        64 << 20,
+    );
+    c.batch.timeout = Some(Seconds(std::time::Duration::from_millis(200)));
+    let job = Job::new(
+        c,
+        &BackendRegistry::with_builtins(),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    let r = job.run_blocking(RunControl::default()).unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(r.peak_store_bytes <= r.store_budget_bytes);
+    assert_synthetic_rows(&output_bytes(&out), 400);
+}

@@ -31,18 +31,24 @@ proptest! {
         order in any::<bool>(),
         budget_batches in 1u64..6,
         batch_us in 0u64..1500,
+        lag in prop_oneof![Just(1.0f64), 2.0f64..8.0],
     ) {
         let dir = tempdir();
         let input = write_rows(dir.path(), "in.jsonl", rows);
         let out = dir.path().join("o");
         let compute = if tasks { Compute::Tasks } else { Compute::Actors };
         let budget = budget_batches * (8192 + 400 * size as u64);
-        let opts = format!("row_us = {}\noutput_bytes = 0", batch_us / size as u64);
+        let opts = format!("row_us = {}\noutput_bytes = 0\nlag_factor = {lag}", batch_us / size as u64);
         let mut c = with_batching(synthetic_config(&input, &out, &opts), size, compute, actors, budget);
         c.output.preserve_order = order;
         c.checkpoint.shard_rows = 50;
+        let window = c.batch.window() as u64;
         let r = run(c).unwrap();
         prop_assert!(r.peak_store_bytes <= budget, "peak {} > {}", r.peak_store_bytes, budget);
+        if order {
+            // The reorder buffer never holds more than the window allows.
+            prop_assert!(r.peak_store_holders["reorder"].objects < window, "{:?}", r.peak_store_holders);
+        }
         prop_assert_eq!(r.leaked_store_objects, 0);
         let expected = reference(rows);
         let mut got: Vec<serde_json::Value> = String::from_utf8(output_bytes(&out)).unwrap()

@@ -1,6 +1,11 @@
 //! Counters a run updates as it goes, read by a progress bar or a host.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Waits kept for percentiles; later ones replace earlier ones at random.
+const WAITS_KEPT: usize = 100_000;
 
 /// Live counters of one run. Shared by `Arc`; every field only grows.
 #[derive(Debug, Default)]
@@ -11,6 +16,10 @@ pub struct Progress {
     batches_done: AtomicU64,
     shards_committed: AtomicU64,
     model_loads: AtomicU64,
+    store_live: AtomicU64,
+    store_reserved: AtomicU64,
+    store_objects: AtomicU64,
+    waits: Mutex<(u64, Vec<u32>)>,
 }
 
 /// A copy of the counters at one instant.
@@ -28,6 +37,12 @@ pub struct ProgressSnapshot {
     pub shards_committed: u64,
     /// Models loaded.
     pub model_loads: u64,
+    /// Object store bytes held by objects now.
+    pub store_live: u64,
+    /// Object store bytes reserved now.
+    pub store_reserved: u64,
+    /// Objects in the store now.
+    pub store_objects: u64,
 }
 
 impl Progress {
@@ -59,6 +74,45 @@ impl Progress {
         self.model_loads.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Publishes the store's gauges.
+    pub fn store_gauge(&self, live: u64, reserved: u64, objects: u64) {
+        self.store_live.store(live, Ordering::Relaxed);
+        self.store_reserved.store(reserved, Ordering::Relaxed);
+        self.store_objects.store(objects, Ordering::Relaxed);
+    }
+
+    /// Records how long an idle actor waited for its next batch.
+    pub fn record_wait(&self, wait: Duration) {
+        let micros = wait.as_micros().min(u128::from(u32::MAX)) as u32;
+        let mut w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        let (seen, kept) = &mut *w;
+        *seen += 1;
+        if kept.len() < WAITS_KEPT {
+            kept.push(micros);
+        } else {
+            // Reservoir sampling with a cheap deterministic mix.
+            let j = (seen.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % *seen;
+            if (j as usize) < WAITS_KEPT {
+                kept[j as usize] = micros;
+            }
+        }
+    }
+
+    /// The 50th and 99th percentiles of next-batch waits, if any.
+    pub fn wait_percentiles(&self) -> Option<(Duration, Duration)> {
+        let w = self.waits.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = w.1.clone();
+        drop(w);
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let at = |q: f64| {
+            Duration::from_micros(u64::from(v[((v.len() - 1) as f64 * q).round() as usize]))
+        };
+        Some((at(0.5), at(0.99)))
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> ProgressSnapshot {
         ProgressSnapshot {
@@ -68,6 +122,9 @@ impl Progress {
             batches_done: self.batches_done.load(Ordering::Relaxed),
             shards_committed: self.shards_committed.load(Ordering::Relaxed),
             model_loads: self.model_loads.load(Ordering::Relaxed),
+            store_live: self.store_live.load(Ordering::Relaxed),
+            store_reserved: self.store_reserved.load(Ordering::Relaxed),
+            store_objects: self.store_objects.load(Ordering::Relaxed),
         }
     }
 }

@@ -13,10 +13,10 @@
 //! batches ahead of the oldest unfinished one, which bounds what the Sink
 //! must hold while one batch lags.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::fut::wrap_future;
 use actix::prelude::*;
@@ -30,6 +30,7 @@ use crate::messages::{
     SinkSummary,
 };
 use crate::model::Backend;
+use crate::progress::Progress;
 use crate::rows::{RequestSchema, RowError};
 use crate::sink::Sink;
 use crate::source::Source;
@@ -50,13 +51,19 @@ pub struct SchedulerConfig {
     pub skip_bad_rows: bool,
     /// The input, as named in errors.
     pub input_name: Arc<str>,
+    /// A batch in flight longer than this is sent again to an idle actor,
+    /// and a stop waits no longer than this for batches in flight.
+    pub timeout: Option<Duration>,
 }
 
+#[derive(Clone)]
 struct Work {
     plan: BatchPlan,
     input: ObjectRef,
     errors: Vec<RowError>,
     attempts: u32,
+    dispatched: Option<Instant>,
+    speculated: bool,
 }
 
 /// The actors a Scheduler drives.
@@ -77,12 +84,17 @@ pub struct Scheduler {
     schema: RequestSchema,
     actors: Pipeline,
     idle: Vec<usize>,
+    idle_since: Vec<Option<Instant>>,
+    progress: Arc<Progress>,
     loaded: bool,
     next_plan: Option<BatchPlan>,
     exhausted: bool,
     source_busy: bool,
     ready: VecDeque<(Work, Reservation)>,
     in_flight: Vec<Option<Work>>,
+    copies: HashMap<u64, usize>,
+    settled: HashSet<u64>,
+    stopping_since: Option<Instant>,
     delivering: usize,
     unfinished: BTreeSet<u64>,
     failure: Option<PipelineError>,
@@ -99,16 +111,22 @@ impl Scheduler {
         backend: Arc<dyn Backend>,
         actors: Pipeline,
         cancel: Arc<AtomicBool>,
+        progress: Arc<Progress>,
         done: oneshot::Sender<Result<SinkSummary, PipelineError>>,
     ) -> Self {
         let n = actors.workers.len();
         Scheduler {
+            idle_since: vec![None; n],
+            progress,
             cfg,
             store,
             schema: backend.schema(),
             backend,
             idle: (0..n).rev().collect(),
             in_flight: (0..n).map(|_| None).collect(),
+            copies: HashMap::new(),
+            settled: HashSet::new(),
+            stopping_since: None,
             actors,
             loaded: false,
             next_plan: None,
@@ -140,11 +158,13 @@ impl Scheduler {
             return;
         }
         if self.is_stopping() {
+            self.stopping_since.get_or_insert_with(Instant::now);
             self.ready.clear();
             self.next_plan = None;
         } else {
             self.admit(ctx);
             self.dispatch(ctx);
+            self.speculate(ctx);
         }
         self.maybe_finish(ctx);
     }
@@ -229,6 +249,8 @@ impl Scheduler {
                     input,
                     errors,
                     attempts: 0,
+                    dispatched: None,
+                    speculated: false,
                 },
                 reservation,
             )),
@@ -242,10 +264,29 @@ impl Scheduler {
         while !self.ready.is_empty() {
             let Some(slot) = self.idle.pop() else { return };
             let Some((mut work, reservation)) = self.ready.pop_front() else {
+                self.idle.push(slot);
                 return;
             };
+            if let Some(since) = self.idle_since[slot].take() {
+                self.progress.record_wait(since.elapsed());
+            }
             work.attempts += 1;
+            self.send_to(slot, work, reservation, ctx);
+        }
+    }
+
+    /// Sends `work` to the actor in `slot`.
+    fn send_to(
+        &mut self,
+        slot: usize,
+        mut work: Work,
+        reservation: Reservation,
+        ctx: &mut Context<Self>,
+    ) {
+        {
             work.input.set_holder(Holder::InFlight);
+            work.dispatched = Some(Instant::now());
+            *self.copies.entry(work.plan.index).or_insert(0) += 1;
             let msg = Compute {
                 index: work.plan.index,
                 input: work.input.clone(),
@@ -258,14 +299,80 @@ impl Scheduler {
             let fut = self.actors.workers[slot].send(msg);
             ctx.spawn(wrap_future(fut).map(move |res, act: &mut Self, ctx| {
                 act.idle.push(slot);
+                act.idle_since[slot] = Some(Instant::now());
                 let work = act.in_flight[slot].take();
                 match (res, work) {
-                    (Ok(done), Some(work)) => act.computed(done, work, ctx),
+                    (Ok(done), Some(work)) => act.settle(done, work, ctx),
                     _ => act.fail(PipelineError::ActorGone("backend")),
                 }
                 act.pump(ctx);
             }));
         }
+    }
+
+    /// A batch in flight past the timeout goes again to an idle actor, with
+    /// room for a second output; the first result to arrive wins.
+    fn speculate(&mut self, ctx: &mut Context<Self>) {
+        let Some(timeout) = self.cfg.timeout else {
+            return;
+        };
+        if !self.ready.is_empty() {
+            return;
+        }
+        let late: Vec<usize> = (0..self.in_flight.len())
+            .filter(|&s| {
+                self.in_flight[s].as_ref().is_some_and(|w| {
+                    !w.speculated
+                        && !self.settled.contains(&w.plan.index)
+                        && w.dispatched.is_some_and(|d| d.elapsed() > timeout)
+                })
+            })
+            .collect();
+        for s in late {
+            let Some(slot) = self.idle.pop() else { return };
+            let Some(work) = self.in_flight[s].as_mut() else {
+                continue;
+            };
+            let plan = &work.plan;
+            let bound = output_bound(
+                plan.rows,
+                self.backend.result_bytes_bound(plan.rows, plan.bytes),
+            );
+            let Ok(Some(reservation)) = self.store.try_reserve(bound) else {
+                self.idle.push(slot);
+                return;
+            };
+            work.speculated = true;
+            let copy = work.clone();
+            tracing::warn!(batch = copy.plan.index, timeout = ?timeout, "batch past its timeout; sending it to another actor");
+            self.idle_since[slot] = None;
+            self.send_to(slot, copy, reservation, ctx);
+        }
+    }
+
+    /// Takes the first result of a batch; a later copy's is dropped, and a
+    /// copy's failure is ignored while another copy is still running.
+    fn settle(&mut self, done: Computed, work: Work, ctx: &mut Context<Self>) {
+        let index = work.plan.index;
+        let left = self.copies.get(&index).map_or(0, |c| c - 1);
+        if left == 0 {
+            self.copies.remove(&index);
+        } else {
+            self.copies.insert(index, left);
+        }
+        if self.settled.contains(&index) {
+            if left == 0 {
+                self.settled.remove(&index);
+            }
+            return; // a later copy: its output (if any) is dropped here
+        }
+        if left > 0 {
+            if done.outcome.is_err() {
+                return; // another copy is still running
+            }
+            self.settled.insert(index);
+        }
+        self.computed(done, work, ctx);
     }
 
     fn computed(&mut self, done: Computed, mut work: Work, ctx: &mut Context<Self>) {
@@ -333,9 +440,23 @@ impl Scheduler {
         }));
     }
 
+    /// Slots whose actor is still on a batch that a finish must wait for:
+    /// not one already settled by another copy, and, once stopping, not
+    /// one past the timeout (abandoned).
+    fn waiting_on(&self) -> impl Iterator<Item = usize> + '_ {
+        let stop_expired = match (self.stopping_since, self.cfg.timeout) {
+            (Some(since), Some(t)) => since.elapsed() > t,
+            _ => false,
+        };
+        (0..self.in_flight.len()).filter(move |&s| {
+            self.in_flight[s]
+                .as_ref()
+                .is_some_and(|w| !self.settled.contains(&w.plan.index) && !stop_expired)
+        })
+    }
+
     fn maybe_finish(&mut self, ctx: &mut Context<Self>) {
-        let busy =
-            self.source_busy || self.delivering > 0 || self.in_flight.iter().any(Option::is_some);
+        let busy = self.source_busy || self.delivering > 0 || self.waiting_on().next().is_some();
         if self.finishing
             || busy
             || !self.ready.is_empty()

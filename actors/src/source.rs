@@ -68,6 +68,22 @@ impl InputFile {
         self.map.as_deref().unwrap_or(&[])
     }
 
+    /// Drops the mapping's pages in `[from, to)` from this process's
+    /// resident set (whole pages only). The file's pages stay in the page
+    /// cache; reading them again faults them back in. This keeps resident
+    /// memory independent of input size.
+    pub fn release(&self, from: usize, to: usize) {
+        let Some(m) = &self.map else { return };
+        let page = 4096;
+        let (a, b) = (from.div_ceil(page) * page, to.min(m.len()) / page * page);
+        if b > a {
+            // SAFETY: the mapping is read-only and file-backed; dropping its
+            // pages only makes later reads fault them in from the file.
+            let _ =
+                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+
     /// The path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -129,7 +145,12 @@ impl InputFile {
         keep: usize,
     ) -> Validation {
         let mut v = Validation::default();
+        let mut released = a;
         for line in Lines::new(&self.bytes()[..b], a, 1) {
+            if line.offset - released >= RELEASE_EVERY {
+                self.release(released, line.offset);
+                released = line.offset;
+            }
             v.lines += 1;
             if line.is_blank() {
                 v.blank_lines += 1;
@@ -143,9 +164,13 @@ impl InputFile {
             }
             v.rows += 1;
         }
+        self.release(released, b);
         v
     }
 }
+
+/// How much input is read between releases of its pages.
+const RELEASE_EVERY: usize = 8 << 20;
 
 /// Cuts `data[start..]` into about `n` ranges that end at line ends.
 fn split_at_lines(data: &[u8], start: usize, n: usize) -> Vec<(usize, usize)> {
@@ -237,6 +262,7 @@ pub struct Source {
     next_line: u64,
     next_row: u64,
     next_index: u64,
+    released: usize,
 }
 
 impl Source {
@@ -250,6 +276,7 @@ impl Source {
             next_line: 1,
             next_row: 0,
             next_index: 0,
+            released: 0,
         }
     }
 
@@ -299,7 +326,7 @@ impl Source {
     }
 
     fn produce(
-        &self,
+        &mut self,
         plan: BatchPlan,
         reservation: crate::store::Reservation,
     ) -> Result<InputBatch, PipelineError> {
@@ -329,6 +356,10 @@ impl Source {
         } else {
             Some(encode_input(&self.cfg.schema, &good, reservation)?)
         };
+        drop(good);
+        // Everything before this batch's end is done with; whole pages go.
+        self.input.release(self.released, b);
+        self.released = b / 4096 * 4096;
         Ok(InputBatch {
             plan,
             object,

@@ -32,15 +32,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use memmap2::MmapRaw;
 
 use crate::error::StoreError;
+use crate::progress::Progress;
 
 /// Every object starts on a multiple of this, which Arrow's buffers want.
 pub const ALIGN: usize = 64;
-/// Freed runs at least this large are returned to the kernel.
-const PUNCH_MIN: usize = 1 << 16;
 
 /// Who pins an object, for the accounting table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[repr(usize)]
 pub enum Holder {
     /// Encoded by the Source, not yet dispatched.
     Source,
@@ -50,6 +50,24 @@ pub enum Holder {
     Reorder,
     /// Being written by the Sink.
     Sink,
+}
+
+impl Holder {
+    const ALL: [Holder; 4] = [
+        Holder::Source,
+        Holder::InFlight,
+        Holder::Reorder,
+        Holder::Sink,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Holder::Source => "source",
+            Holder::InFlight => "in_flight",
+            Holder::Reorder => "reorder",
+            Holder::Sink => "sink",
+        }
+    }
 }
 
 /// What the store holds at one instant.
@@ -69,8 +87,10 @@ pub struct StoreStats {
     pub reservations: u64,
     /// The most objects held at once.
     pub peak_objects: u64,
-    /// Objects and bytes per holder.
+    /// Objects and bytes per holder now.
     pub holders: BTreeMap<String, HolderStats>,
+    /// The most objects and bytes each holder pinned at once.
+    pub peak_holders: BTreeMap<String, HolderStats>,
 }
 
 /// Objects and bytes one holder pins.
@@ -90,6 +110,8 @@ pub struct ObjectStore {
 
 struct Inner {
     map: MmapRaw,
+    gauge: Option<Arc<Progress>>,
+    holders: bool,
     // Keeps the memfd open for hole punching; closed when the store goes.
     file: File,
     budget: usize,
@@ -107,6 +129,8 @@ struct State {
     reservations: usize,
     peak: usize,
     peak_objects: usize,
+    held: [HolderStats; 4],
+    peak_held: [HolderStats; 4],
 }
 
 struct Entry {
@@ -119,6 +143,16 @@ struct Entry {
 impl ObjectStore {
     /// Creates a store with `budget` bytes, backed by an anonymous memfd.
     pub fn new(budget: usize) -> Result<Self, StoreError> {
+        Self::with_options(budget, None, true)
+    }
+
+    /// A store that publishes its gauges to `gauge` on every change, and
+    /// tracks who holds each object when `holders` is on.
+    pub fn with_options(
+        budget: usize,
+        gauge: Option<Arc<Progress>>,
+        holders: bool,
+    ) -> Result<Self, StoreError> {
         if budget < ALIGN {
             return Err(StoreError::BudgetTooSmall { budget });
         }
@@ -134,6 +168,8 @@ impl ObjectStore {
         Ok(ObjectStore {
             inner: Arc::new(Inner {
                 map,
+                gauge,
+                holders,
                 file,
                 budget,
                 state: Mutex::new(state),
@@ -168,6 +204,8 @@ impl ObjectStore {
         st.reserved += size;
         st.reservations += 1;
         st.note_peak();
+        st.trace("reserve", 0, size);
+        self.inner.publish(&st);
         Ok(Some(Reservation {
             store: self.inner.clone(),
             offset,
@@ -178,14 +216,13 @@ impl ObjectStore {
     /// Counts of what the store holds now.
     pub fn stats(&self) -> StoreStats {
         let st = self.inner.lock();
-        let mut holders: BTreeMap<String, HolderStats> = BTreeMap::new();
-        for e in st.objects.values() {
-            let h = holders
-                .entry(format!("{:?}", e.holder).to_lowercase())
-                .or_default();
-            h.objects += 1;
-            h.bytes += e.capacity as u64;
-        }
+        let table = |v: &[HolderStats; 4]| -> BTreeMap<String, HolderStats> {
+            Holder::ALL
+                .iter()
+                .map(|h| (h.name().to_string(), v[*h as usize].clone()))
+                .collect()
+        };
+        let (holders, peak_holders) = (table(&st.held), table(&st.peak_held));
         StoreStats {
             budget: self.inner.budget as u64,
             live: st.live as u64,
@@ -195,11 +232,18 @@ impl ObjectStore {
             reservations: st.reservations as u64,
             peak_objects: st.peak_objects as u64,
             holders,
+            peak_holders,
         }
     }
 }
 
 impl Inner {
+    fn publish(&self, st: &State) {
+        if let Some(g) = &self.gauge {
+            g.store_gauge(st.live as u64, st.reserved as u64, st.objects.len() as u64);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the table half-updated
         // (every update is a few integer writes), so a poisoned lock is usable.
@@ -211,12 +255,11 @@ impl Inner {
         unsafe { self.map.as_mut_ptr().add(offset) }
     }
 
-    /// Returns an extent to the free list and its pages to the kernel.
+    /// Returns an extent to the free list, and the whole pages of the free
+    /// run it joins to the kernel, so resident memory follows live bytes.
     fn release(&self, st: &mut State, offset: usize, size: usize) {
-        st.put_extent(offset, size);
-        if size >= PUNCH_MIN {
-            self.punch(offset, size);
-        }
+        let (run, len) = st.put_extent(offset, size);
+        self.punch(run, len);
     }
 
     fn punch(&self, offset: usize, size: usize) {
@@ -248,7 +291,8 @@ impl State {
         Some(off)
     }
 
-    fn put_extent(&mut self, mut offset: usize, mut size: usize) {
+    /// Frees an extent, coalescing it; returns the free run it is now in.
+    fn put_extent(&mut self, mut offset: usize, mut size: usize) -> (usize, usize) {
         if let Some((&prev, &plen)) = self.free.range(..offset).next_back() {
             if prev + plen == offset {
                 self.free.remove(&prev);
@@ -261,11 +305,45 @@ impl State {
             size += nlen;
         }
         self.free.insert(offset, size);
+        (offset, size)
     }
 
     fn note_peak(&mut self) {
         self.peak = self.peak.max(self.live + self.reserved);
         self.peak_objects = self.peak_objects.max(self.objects.len());
+    }
+
+    /// Moves `bytes` of one object between holders (`None`: in or out).
+    fn hold(&mut self, from: Option<Holder>, to: Option<Holder>, bytes: usize) {
+        if let Some(h) = from {
+            let c = &mut self.held[h as usize];
+            c.objects -= 1;
+            c.bytes -= bytes as u64;
+        }
+        if let Some(h) = to {
+            let c = &mut self.held[h as usize];
+            c.objects += 1;
+            c.bytes += bytes as u64;
+            let p = &mut self.peak_held[h as usize];
+            p.objects = p.objects.max(c.objects);
+            p.bytes = p.bytes.max(c.bytes);
+        }
+    }
+
+    fn trace(&self, what: &'static str, id: u64, bytes: usize) {
+        tracing::trace!(
+            what,
+            object = id,
+            bytes,
+            live = self.live,
+            reserved = self.reserved,
+            objects = self.objects.len(),
+            source = self.held[0].bytes,
+            in_flight = self.held[1].bytes,
+            reorder = self.held[2].bytes,
+            sink = self.held[3].bytes,
+            "store"
+        );
     }
 }
 
@@ -323,6 +401,7 @@ impl Drop for Reservation {
         st.reserved -= self.size;
         st.reservations -= 1;
         self.store.release(&mut st, self.offset, self.size);
+        self.store.publish(&st);
     }
 }
 
@@ -392,8 +471,11 @@ impl ObjectWriter {
                 holder,
             },
         );
+        st.hold(None, Some(holder), capacity);
         st.note_peak();
-        debug_assert!(st.live + st.reserved <= store.budget);
+        st.trace("put", id, capacity);
+        store.publish(&st);
+        assert!(st.live + st.reserved <= store.budget, "store over budget");
         drop(st);
         ObjectRef {
             store,
@@ -445,9 +527,18 @@ impl ObjectRef {
 
     /// Records who pins the object now, for the accounting table.
     pub fn set_holder(&self, holder: Holder) {
+        if !self.store.holders {
+            return;
+        }
         let mut st = self.store.lock();
-        if let Some(e) = st.objects.get_mut(&self.id) {
-            e.holder = holder;
+        let Some(e) = st.objects.get_mut(&self.id) else {
+            return;
+        };
+        let (from, bytes) = (e.holder, e.capacity);
+        e.holder = holder;
+        if from != holder {
+            st.hold(Some(from), Some(holder), bytes);
+            st.trace("move", self.id, bytes);
         }
     }
 
@@ -489,10 +580,13 @@ impl Drop for ObjectRef {
         if e.refs > 0 {
             return;
         }
-        let (offset, capacity) = (e.offset, e.capacity);
+        let (offset, capacity, holder) = (e.offset, e.capacity, e.holder);
         st.objects.remove(&self.id);
         st.live -= capacity;
+        st.hold(Some(holder), None, capacity);
+        st.trace("free", self.id, capacity);
         self.store.release(&mut st, offset, capacity);
+        self.store.publish(&st);
     }
 }
 
@@ -527,6 +621,50 @@ mod tests {
         let s = store.stats();
         assert_eq!((s.live, s.reserved, s.objects), (0, 0, 0));
         assert_eq!(s.peak, 128);
+        assert_eq!(
+            s.peak_holders["source"],
+            HolderStats {
+                objects: 1,
+                bytes: 128
+            }
+        );
+        assert_eq!(s.holders["source"], HolderStats::default());
+    }
+
+    #[test]
+    fn holders_follow_their_objects() {
+        let store = ObjectStore::new(4096).unwrap();
+        let a = put(&store, &[1; 64]);
+        let b = put(&store, &[1; 64]);
+        a.set_holder(Holder::Reorder);
+        let s = store.stats();
+        assert_eq!(
+            s.holders["source"],
+            HolderStats {
+                objects: 1,
+                bytes: 64
+            }
+        );
+        assert_eq!(
+            s.holders["reorder"],
+            HolderStats {
+                objects: 1,
+                bytes: 64
+            }
+        );
+        assert_eq!(
+            s.peak_holders["source"],
+            HolderStats {
+                objects: 2,
+                bytes: 128
+            }
+        );
+        drop((a, b));
+        assert!(store
+            .stats()
+            .holders
+            .values()
+            .all(|h| h.objects == 0 && h.bytes == 0));
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct SyntheticOptions {
     /// Panic in every model load.
     #[serde(default)]
     pub load_panics: bool,
+    /// The first model loaded is this many times slower (a lagging actor,
+    /// in actors mode; in tasks mode the one shared model).
+    #[serde(default = "one")]
+    pub lag_factor: f64,
     /// The text field's name.
     #[serde(default = "default_text")]
     pub text_field: String,
@@ -61,6 +65,9 @@ pub struct SyntheticOptions {
 fn default_output_bytes() -> usize {
     64
 }
+fn one() -> f64 {
+    1.0
+}
 fn default_text() -> String {
     "text".into()
 }
@@ -71,6 +78,7 @@ fn default_id() -> String {
 /// The synthetic backend.
 pub struct Synthetic {
     opts: SyntheticOptions,
+    loads: std::sync::atomic::AtomicUsize,
     fail: HashSet<String>,
     panic: HashSet<String>,
 }
@@ -105,7 +113,18 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
     if !problems.is_empty() {
         return Err(problems);
     }
-    Ok(Arc::new(Synthetic { opts, fail, panic }))
+    if !(opts.lag_factor.is_finite() && opts.lag_factor >= 1.0) {
+        return Err(vec![ConfigProblem::new(
+            "model.options.lag_factor",
+            format!("expected 1 or more, found {}", opts.lag_factor),
+        )]);
+    }
+    Ok(Arc::new(Synthetic {
+        opts,
+        loads: Default::default(),
+        fail,
+        panic,
+    }))
 }
 
 const BASE_BYTES: usize = 44;
@@ -138,7 +157,9 @@ impl Backend for Synthetic {
         if self.opts.load_panics {
             panic!("synthetic panic while loading");
         }
+        let first = self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
         Ok(Arc::new(SyntheticModel {
+            slowdown: if first { self.opts.lag_factor } else { 1.0 },
             opts: self.opts.clone(),
             fail: self.fail.clone(),
             panic: self.panic.clone(),
@@ -148,6 +169,7 @@ impl Backend for Synthetic {
 
 struct SyntheticModel {
     opts: SyntheticOptions,
+    slowdown: f64,
     fail: HashSet<String>,
     panic: HashSet<String>,
 }
@@ -204,7 +226,7 @@ impl Model for SyntheticModel {
         let n = batch.len();
         let cost = Duration::from_millis(self.opts.batch_ms)
             + Duration::from_micros(self.opts.row_us * n as u64);
-        spend(cost, self.opts.busy);
+        spend(cost.mul_f64(self.slowdown), self.opts.busy);
         for i in 0..n {
             let id = batch.field(1, i);
             if let Some(id) = id {
@@ -234,6 +256,7 @@ mod tests {
     fn results_are_padded_to_output_bytes() {
         for output_bytes in [0, 40, 64, 200] {
             let m = SyntheticModel {
+                slowdown: 1.0,
                 opts: SyntheticOptions {
                     output_bytes,
                     ..create_opts()

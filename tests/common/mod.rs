@@ -75,14 +75,24 @@ pub fn with_batching(
     c
 }
 
-/// Runs a job with the built-in backends.
+/// Runs a job with the built-in backends. Every successful run is held to
+/// the store's invariants: peak live + reserved within the budget, nothing
+/// left in the store.
 pub fn run(config: JobConfig) -> Result<RunReport, RunError> {
     let job = Job::new(
         config,
         &BackendRegistry::with_builtins(),
         Path::new("test.toml"),
     )?;
-    job.run_blocking(RunControl::default())
+    let report = job.run_blocking(RunControl::default())?;
+    assert!(
+        report.peak_store_bytes <= report.store_budget_bytes,
+        "peak store {} > budget {}",
+        report.peak_store_bytes,
+        report.store_budget_bytes
+    );
+    assert_eq!(report.leaked_store_objects, 0);
+    Ok(report)
 }
 
 /// The concatenation of the part files, in name order.
