@@ -148,7 +148,7 @@ impl Scheduler {
 
     fn fail(&mut self, e: PipelineError) {
         if self.failure.is_none() {
-            tracing::error!(error = %e, "run failing");
+            tracing::debug!(error = %e, "run failing");
             self.failure = Some(e);
         }
     }
