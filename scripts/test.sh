@@ -4,6 +4,8 @@
 # .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== model (scripts/fetch-model.sh)"
+scripts/fetch-model.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"

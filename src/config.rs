@@ -328,7 +328,7 @@ impl JobConfig {
             (
                 Some(mut input),
                 Some(mut output),
-                Some(model),
+                Some(mut model),
                 Some(batch),
                 Some(memory),
                 Some(checkpoint),
@@ -336,6 +336,11 @@ impl JobConfig {
                 input.path = base.join(&input.path);
                 output.path = base.join(&output.path);
                 output.assemble = output.assemble.map(|a| base.join(a));
+                // A backend's `path` option names a file or folder: it too is
+                // taken from the config file's directory.
+                if let Some(toml::Value::String(p)) = model.options.get_mut("path") {
+                    *p = base.join(&*p).to_string_lossy().into_owned();
+                }
                 Ok(JobConfig {
                     input,
                     output,

@@ -280,7 +280,9 @@ fn config_problems_are_all_reported_with_their_keys() {
     .unwrap();
     let err = stderr(&c.stook(&["validate", p.to_str().unwrap()]));
     assert!(
-        err.contains("model.backend: unknown backend \"bert\", expected one of: echo, synthetic"),
+        err.contains(
+            "model.backend: unknown backend \"bert\", expected one of: echo, embedding, synthetic"
+        ),
         "{err}"
     );
 }

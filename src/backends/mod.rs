@@ -1,6 +1,7 @@
 //! Built-in backends. Each registers through the same path a host uses.
 
 pub mod echo;
+pub mod embedding;
 pub mod synthetic;
 
 use crate::registry::BackendRegistry;
@@ -11,6 +12,11 @@ pub fn register_builtins(registry: &mut BackendRegistry) {
         "echo",
         "returns each row unchanged; for testing order and overhead",
         echo::create,
+    );
+    registry.register(
+        "embedding",
+        "sentence embeddings from a sentence-transformers BERT folder (all-MiniLM-L6-v2), candle on CPU or CUDA",
+        embedding::create,
     );
     registry.register(
         "synthetic",

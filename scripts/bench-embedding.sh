@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# stook's embedding backend against sentence-transformers, in one run, on
+# the same corpus (../shared/data/fortunes-4000.jsonl.gz, or $CORPUS):
+# sentence-transformers `encode` (PyTorch CPU, 2 threads, batch 64) and
+# `stook run` end to end (JSONL in, JSONL out). Prints sentences/s, the
+# ratio, and each one's peak RSS. Installs sentence-transformers from PyPI
+# into .venv-st the first time (a few minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+corpus=${CORPUS:-../shared/data/fortunes-4000.jsonl.gz}
+work=bench-out/embedding
+mkdir -p "$work"
+scripts/fetch-model.sh
+if [ ! -x .venv-st/bin/python ]; then
+  python3 -m venv .venv-st
+  .venv-st/bin/pip install --quiet --disable-pip-version-check sentence-transformers
+fi
+cargo build --release --locked --quiet
+case "$corpus" in *.gz) gzip -dc "$corpus" > "$work/input.jsonl" ;; *) cp "$corpus" "$work/input.jsonl" ;; esac
+n=$(wc -l < "$work/input.jsonl")
+
+HF_HUB_OFFLINE=1 .venv-st/bin/python - "$work/input.jsonl" > "$work/st.json" <<'PY'
+import json, resource, sys, time
+import torch
+torch.set_num_threads(2)
+from sentence_transformers import SentenceTransformer
+texts = [json.loads(l)["text"] for l in open(sys.argv[1], encoding="utf-8")]
+m = SentenceTransformer("models/all-MiniLM-L6-v2", device="cpu")
+m.encode(texts[:64], batch_size=64)  # warm-up
+t = time.perf_counter()
+m.encode(texts, batch_size=64)
+s = time.perf_counter() - t
+print(json.dumps({"seconds": s, "rows": len(texts),
+                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+PY
+
+cat > "$work/job.toml" <<TOML
+[input]
+path = "input.jsonl"
+[output]
+path = "stook-out"
+[model]
+backend = "embedding"
+[model.options]
+path = "../../models/all-MiniLM-L6-v2"
+[batch]
+size = ${BATCH:-256}
+num_actors = 1
+[memory]
+object_store = "256MiB"
+TOML
+./target/release/stook run --fresh --json "$work/job.toml" > "$work/stook.json"
+
+python3 - "$work" "$n" <<'PY'
+import json, sys
+work, n = sys.argv[1], int(sys.argv[2])
+st = json.load(open(f"{work}/st.json"))
+sk = json.load(open(f"{work}/stook.json"))
+st_rate = st["rows"] / st["seconds"]
+sk_rate = sk["rows_per_second"]
+floor = 480.0  # the 2-core compute floor for this model and corpus (see README)
+print(f"corpus: {n} sentences")
+print("| system | sentences/s | × sentence-transformers | × compute floor (480/s) | peak RSS |")
+print("| --- | ---: | ---: | ---: | ---: |")
+print(f"| sentence-transformers encode (PyTorch CPU, 2 threads, batch 64) | {st_rate:.0f} | 1.00 | {st_rate/floor:.2f} | {st['peak_rss_bytes']/2**20:.0f} MiB |")
+print(f"| stook run, embedding backend (candle, end to end) | {sk_rate:.0f} | {sk_rate/st_rate:.2f} | {sk_rate/floor:.2f} | {sk['peak_rss_bytes']/2**20:.0f} MiB |")
+PY
