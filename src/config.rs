@@ -423,6 +423,15 @@ pub fn parse_value<T: DeserializeOwned>(
     })
 }
 
+/// `"1.5 GiB"` → `("1.5", "GiB")`: the leading number and the unit after it.
+fn number_and_unit(s: &str) -> (&str, &str) {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    (t[..split].trim(), t[split..].trim())
+}
+
 /// A duration, written `30s`, `500ms`, `2m`, `1h` or a number of seconds.
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
 pub struct Seconds(pub std::time::Duration);
@@ -431,14 +440,11 @@ impl FromStr for Seconds {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let n: f64 = t[..split]
+        let (num, unit) = number_and_unit(s);
+        let n: f64 = num
             .parse()
             .map_err(|_| format!("expected a duration like \"30s\" or \"500ms\", found {s:?}"))?;
-        let mult = match t[split..].trim() {
+        let mult = match unit {
             "" | "s" => 1.0,
             "ms" => 1e-3,
             "m" | "min" => 60.0,
@@ -497,11 +503,7 @@ impl FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = s.trim();
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = (t[..split].trim(), t[split..].trim());
+        let (num, unit) = number_and_unit(s);
         let n: f64 = num
             .parse()
             .map_err(|_| format!("expected a size like \"256MiB\" or \"64 MB\", found {s:?}"))?;

@@ -54,6 +54,26 @@ pub enum FieldKind {
 }
 
 impl RequestSchema {
+    /// The schema of a text model: a required string `text_field` and an
+    /// optional `id_field` of any type, copied into the result.
+    pub fn text_with_id(text_field: &str, id_field: &str) -> Self {
+        RequestSchema {
+            fields: vec![
+                FieldSpec {
+                    name: text_field.to_string(),
+                    kind: FieldKind::String,
+                    required: true,
+                },
+                FieldSpec {
+                    name: id_field.to_string(),
+                    kind: FieldKind::Json,
+                    required: false,
+                },
+            ],
+            keep_raw: false,
+        }
+    }
+
     /// One line per field, for `stook backends`.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self

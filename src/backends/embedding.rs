@@ -22,10 +22,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use stook_actors::{
-    Backend, Device, FieldKind, FieldSpec, Model, ModelError, RequestBatch, RequestSchema,
-    ResultWriter,
-};
+use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::config::ConfigProblem;
@@ -228,21 +225,7 @@ fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
 
 impl Backend for Embedding {
     fn schema(&self) -> RequestSchema {
-        RequestSchema {
-            fields: vec![
-                FieldSpec {
-                    name: self.opts.text_field.clone(),
-                    kind: FieldKind::String,
-                    required: true,
-                },
-                FieldSpec {
-                    name: self.opts.id_field.clone(),
-                    kind: FieldKind::Json,
-                    required: false,
-                },
-            ],
-            keep_raw: false,
-        }
+        RequestSchema::text_with_id(&self.opts.text_field, &self.opts.id_field)
     }
 
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize {

@@ -13,10 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use stook_actors::{
-    Backend, Device, FieldKind, FieldSpec, Model, ModelError, RequestBatch, RequestSchema,
-    ResultWriter,
-};
+use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
 
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
@@ -131,21 +128,7 @@ const BASE_BYTES: usize = 44;
 
 impl Backend for Synthetic {
     fn schema(&self) -> RequestSchema {
-        RequestSchema {
-            fields: vec![
-                FieldSpec {
-                    name: self.opts.text_field.clone(),
-                    kind: FieldKind::String,
-                    required: true,
-                },
-                FieldSpec {
-                    name: self.opts.id_field.clone(),
-                    kind: FieldKind::Json,
-                    required: false,
-                },
-            ],
-            keep_raw: false,
-        }
+        RequestSchema::text_with_id(&self.opts.text_field, &self.opts.id_field)
     }
 
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize {
