@@ -44,7 +44,7 @@ backend = "embedding"
 [model.options]
 path = "../../models/all-MiniLM-L6-v2"
 [batch]
-size = ${BATCH:-256}
+size = ${BATCH:-1024}
 num_actors = 1
 [memory]
 object_store = "256MiB"
