@@ -160,7 +160,10 @@ impl Job {
 
     /// Checks every input row against the backend's schema; loads no model.
     pub fn validate(&self) -> Result<Validation, RunError> {
-        let input = InputFile::open(&self.config.input.path)?;
+        self.validate_input(&InputFile::open(&self.config.input.path)?)
+    }
+
+    fn validate_input(&self, input: &InputFile) -> Result<Validation, RunError> {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let v = input.validate(
             &self.backend.schema(),
@@ -191,7 +194,7 @@ impl Job {
         let input = InputFile::open(&cfg.input.path)?;
         let rows_total = match cfg.batch.on_error {
             OnError::Fail => {
-                let v = self.validate()?;
+                let v = self.validate_input(&input)?;
                 if v.error_count > 0 {
                     return Err(RunError::InvalidInput {
                         errors: v.errors,

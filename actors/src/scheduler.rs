@@ -194,10 +194,7 @@ impl Scheduler {
             }
         }
         let input = input_bound(&self.schema, plan.rows, plan.bytes);
-        let output = output_bound(
-            plan.rows,
-            self.backend.result_bytes_bound(plan.rows, plan.bytes),
-        );
+        let output = output_room(self.backend.as_ref(), &plan);
         let budget = self.store.budget();
         if input + output > budget {
             return self.fail(PipelineError::BatchTooLarge {
@@ -333,11 +330,7 @@ impl Scheduler {
             let Some(work) = self.in_flight[s].as_mut() else {
                 continue;
             };
-            let plan = &work.plan;
-            let bound = output_bound(
-                plan.rows,
-                self.backend.result_bytes_bound(plan.rows, plan.bytes),
-            );
+            let bound = output_room(self.backend.as_ref(), &work.plan);
             let Ok(Some(reservation)) = self.store.try_reserve(bound) else {
                 self.idle.push(slot);
                 return;
@@ -486,6 +479,11 @@ impl Scheduler {
             ctx.stop();
         }));
     }
+}
+
+/// The store room a batch's output may need.
+fn output_room(backend: &dyn Backend, plan: &BatchPlan) -> usize {
+    output_bound(plan.rows, backend.result_bytes_bound(plan.rows, plan.bytes))
 }
 
 impl Actor for Scheduler {
