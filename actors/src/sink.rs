@@ -29,6 +29,7 @@ use crate::checkpoint::{
 use crate::error::PipelineError;
 use crate::messages::{Deliver, Finish, SinkSummary};
 use crate::progress::Progress;
+use crate::rows::RowError;
 use crate::store::Holder;
 
 /// Where and how the Sink writes.
@@ -186,52 +187,27 @@ impl Sink {
     }
 
     fn write_batch(&mut self, d: Deliver) -> Result<(), PipelineError> {
-        let preserve_order = self.cfg.preserve_order;
-        let dir = self.cfg.dir.clone();
+        let (preserve_order, dir) = (self.cfg.preserve_order, self.cfg.dir.clone());
+        let fail = |name: String| {
+            let path = dir.join(name);
+            move |e| PipelineError::output(path, e)
+        };
+        let output = match &d.output {
+            Some(obj) => {
+                obj.set_holder(Holder::Sink);
+                Some(OutputBatch::decode(obj)?)
+            }
+            None => None,
+        };
         let mut line = std::mem::take(&mut self.line);
         let shard = self.shard_for(d.plan.index)?;
-        let name = part_name(shard.index);
-        let mut rows = 0u64;
-        let mut res = Ok(());
-        if let Some(obj) = &d.output {
-            obj.set_holder(Holder::Sink);
-            let out = OutputBatch::decode(obj)?;
-            rows = out.len() as u64;
-            for i in 0..out.len() {
-                let (row, json) = out.get(i);
-                line.clear();
-                if preserve_order {
-                    line.extend_from_slice(json.as_bytes());
-                } else {
-                    with_row_number(&mut line, row, json);
-                }
-                line.push(b'\n');
-                res = shard.part.write(&line);
-                if res.is_err() {
-                    break;
-                }
-            }
-        }
-        let mut err_res = Ok(());
-        if res.is_ok() && !d.errors.is_empty() {
-            let ename = errors_name(shard.index);
-            if shard.errors.is_none() {
-                match TempFile::create(&dir, &ename) {
-                    Ok(f) => shard.errors = Some(f),
-                    Err(e) => err_res = Err((ename.clone(), e)),
-                }
-            }
-            if let Some(f) = shard.errors.as_mut() {
-                let mut buf = Vec::new();
-                for e in &d.errors {
-                    // A RowError always serialises.
-                    let _ = serde_json::to_writer(&mut buf, e);
-                    buf.push(b'\n');
-                }
-                if let Err(e) = f.write(&buf) {
-                    err_res = Err((ename, e));
-                }
-            }
+        let rows = match &output {
+            Some(out) => write_results(&mut shard.part, out, preserve_order, &mut line)
+                .map_err(fail(part_name(shard.index)))?,
+            None => 0,
+        };
+        if !d.errors.is_empty() {
+            write_bad_rows(shard, &dir, &d.errors).map_err(fail(errors_name(shard.index)))?;
         }
         let n_err = d.errors.len() as u64;
         shard.rows += rows + n_err;
@@ -239,15 +215,11 @@ impl Sink {
         shard.note_batch(d.plan.index);
         let full = shard.count >= self.cfg.shard_batches;
         self.line = line;
-        self.io(&name, res)?;
-        if let Err((ename, e)) = err_res {
-            return Err(PipelineError::output(dir.join(ename), e));
-        }
         self.summary.rows_written += rows;
         self.summary.errors += n_err;
         self.summary.blank_lines += d.plan.blank_lines;
         self.progress.batch_done(rows + n_err, n_err);
-        drop(d);
+        drop((output, d));
         if full {
             self.commit()?;
         }
@@ -308,6 +280,42 @@ impl Sink {
             }
         }
     }
+}
+
+/// Writes one line per result to `part`; returns the rows written.
+fn write_results(
+    part: &mut TempFile,
+    out: &OutputBatch,
+    preserve_order: bool,
+    line: &mut Vec<u8>,
+) -> std::io::Result<u64> {
+    for i in 0..out.len() {
+        let (row, json) = out.get(i);
+        line.clear();
+        if preserve_order {
+            line.extend_from_slice(json.as_bytes());
+        } else {
+            with_row_number(line, row, json);
+        }
+        line.push(b'\n');
+        part.write(line)?;
+    }
+    Ok(out.len() as u64)
+}
+
+/// Appends bad rows to the shard's errors file, creating it on first use.
+fn write_bad_rows(shard: &mut OpenShard, dir: &Path, errors: &[RowError]) -> std::io::Result<()> {
+    let file = match &mut shard.errors {
+        Some(f) => f,
+        none => none.insert(TempFile::create(dir, &errors_name(shard.index))?),
+    };
+    let mut buf = Vec::new();
+    for e in errors {
+        // A RowError always serialises.
+        let _ = serde_json::to_writer(&mut buf, e);
+        buf.push(b'\n');
+    }
+    file.write(&buf)
 }
 
 /// `{"_row":N,` followed by the rest of the result object.
