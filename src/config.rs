@@ -140,6 +140,11 @@ pub struct CheckpointConfig {
     /// Resume from the output directory's manifest when it has one.
     #[serde(default = "yes")]
     pub resume: bool,
+    /// Workers the job is split among, for a scheduler that gives each
+    /// process its index but not the count (a Kubernetes Indexed Job's
+    /// `JOB_COMPLETION_INDEX`); read by the `stook` binary only.
+    #[serde(default)]
+    pub workers: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -199,6 +204,7 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             shard_rows: default_shard_rows(),
             resume: true,
+            workers: None,
         }
     }
 }
@@ -312,6 +318,12 @@ impl JobConfig {
             if c.shard_rows == 0 {
                 problems.push(ConfigProblem::new(
                     "checkpoint.shard_rows",
+                    "expected at least 1, found 0",
+                ));
+            }
+            if c.workers == Some(0) {
+                problems.push(ConfigProblem::new(
+                    "checkpoint.workers",
                     "expected at least 1, found 0",
                 ));
             }

@@ -30,6 +30,7 @@ pub use config::{ByteSize, ConfigErrors, ConfigProblem, JobConfig};
 pub use registry::{BackendOptions, BackendRegistry};
 pub use report::RunReport;
 pub use runner::{Job, RunControl, RunError};
+pub use stook_actors::checkpoint::{self, Worker};
 pub use stook_actors::{
     Backend, Device, Model, ModelError, Progress, RequestBatch, RequestSchema, ResultWriter,
 };

@@ -12,7 +12,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use stook::bench::{self, BackpressureBench, CheckpointBench, PipelineBench};
-use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError};
+use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError, Worker};
+
+mod worker_env;
 
 /// Exit codes.
 const EXIT_FAILED: u8 = 1;
@@ -43,6 +45,30 @@ enum Command {
         /// Print the run report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Compute only worker I's shards of N (those whose index ≡ I mod
+        /// N); `stook merge` then writes the final output. Without it, the
+        /// worker comes from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX
+        /// when set; `--shard 0/1` runs the whole job whatever is set.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Workers in all, where the environment gives only an index
+        /// (JOB_COMPLETION_INDEX); overrides checkpoint.workers.
+        #[arg(long, value_name = "N")]
+        shards: Option<u64>,
+    },
+    /// Shards committed and missing, per worker, of a job's output.
+    Status {
+        /// The job's config file (TOML).
+        config: PathBuf,
+        /// Print the status as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Once every worker has committed its shards: verify every part and
+    /// write the final output and `_SUCCESS`.
+    Merge {
+        /// The job's config file (TOML).
+        config: PathBuf,
     },
     /// Check the config and every input row; loads no model.
     Validate {
@@ -83,7 +109,11 @@ fn main() -> ExitCode {
             config,
             fresh,
             json,
-        } => run(&registry, &config, fresh, json),
+            shard,
+            shards,
+        } => run(&registry, &config, fresh, json, shard.as_deref(), shards),
+        Command::Status { config, json } => status(&registry, &config, json),
+        Command::Merge { config } => merge(&registry, &config),
         Command::Validate { config } => validate(&registry, &config),
         Command::Backends => {
             for (name, summary, schema) in registry.describe() {
@@ -151,13 +181,91 @@ fn validate(registry: &BackendRegistry, path: &Path) -> ExitCode {
     }
 }
 
-fn run(registry: &BackendRegistry, path: &Path, fresh: bool, json: bool) -> ExitCode {
+fn status(registry: &BackendRegistry, path: &Path, json: bool) -> ExitCode {
+    match load(registry, path).and_then(|job| job.status()) {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                print!("{s}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), exit_code(&e)),
+    }
+}
+
+fn merge(registry: &BackendRegistry, path: &Path) -> ExitCode {
     let job = match load(registry, path) {
         Ok(j) => j,
         Err(e) => return fail(&e.to_string(), exit_code(&e)),
     };
+    match job.merge() {
+        Ok(t) => {
+            let out = &job.config().output;
+            eprintln!(
+                "{}: merged {} shards, {} rows ({} bad){}",
+                out.path.display(),
+                t.shards,
+                t.rows,
+                t.errors,
+                out.assemble
+                    .as_ref()
+                    .map(|a| format!(" into {}", a.display()))
+                    .unwrap_or_default()
+            );
+            for p in &t.parts {
+                println!("{}", out.path.join(p).display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string(), exit_code(&e)),
+    }
+}
+
+/// The worker from the flags or the scheduler's environment, said aloud.
+fn choose_worker(job: &Job, shard: Option<&str>, shards: Option<u64>) -> Result<Worker, RunError> {
+    let (worker, from) = worker_env::worker(shard, shards, job.config().checkpoint.workers, |k| {
+        std::env::var(k).ok()
+    })
+    .map_err(|why| {
+        RunError::Config(stook::ConfigErrors {
+            path: PathBuf::from("command line"),
+            problems: vec![stook::ConfigProblem::new("shard", why)],
+        })
+    })?;
+    if !worker.is_alone() {
+        let layout = job.layout()?;
+        let owned = (0..layout.shards()).filter(|&s| worker.owns(s)).count();
+        eprintln!(
+            "stook: worker {worker} ({from}): shards ≡ {} mod {}, {owned} of {}",
+            worker.index,
+            worker.count,
+            layout.shards()
+        );
+    }
+    Ok(worker)
+}
+
+fn run(
+    registry: &BackendRegistry,
+    path: &Path,
+    fresh: bool,
+    json: bool,
+    shard: Option<&str>,
+    shards: Option<u64>,
+) -> ExitCode {
+    let job = match load(registry, path) {
+        Ok(j) => j,
+        Err(e) => return fail(&e.to_string(), exit_code(&e)),
+    };
+    let worker = match choose_worker(&job, shard, shards) {
+        Ok(w) => w,
+        Err(e) => return fail(&e.to_string(), exit_code(&e)),
+    };
     let control = RunControl {
         fresh,
+        worker,
         ..RunControl::default()
     };
     install_ctrl_c(control.cancel.clone());
@@ -167,6 +275,13 @@ fn run(registry: &BackendRegistry, path: &Path, fresh: bool, json: bool) -> Exit
     match result {
         Ok(report) => {
             eprintln!("{}", report.summary(&job.config().output.path));
+            if !worker.is_alone() {
+                eprintln!(
+                    "stook: worker {worker} has committed all its shards; run `stook merge {}` \
+                     once every worker has",
+                    path.display()
+                );
+            }
             if json {
                 println!(
                     "{}",

@@ -1,39 +1,53 @@
 //! The output directory: prepared before a run (new, or resumed from its
-//! manifest), finalized after it.
+//! manifest), merged after it; what `stook status` and `stook merge` read.
 //!
 //! ```text
-//!  prepare:  no manifest → must hold none but stook's files (removed: never trusted)
+//!  prepare:  lock this worker's slot (a second process on it is refused)
+//!            no manifest → must hold none but stook's files; this worker's are removed
 //!                          → header line written
 //!            manifest    → fingerprints compared (refused, naming the change)
 //!                          → every committed part verified (size, CRC-32); a bad one is redone
-//!                          → anything not in the manifest removed
-//!  finalize: _errors.jsonl assembled from the shards' bad rows, the optional
-//!            assembled output, then _SUCCESS
+//!                          → this worker's files not in its manifest removed
+//!  merge:    every worker's manifest: same split, same input and config
+//!            → every batch of the input committed (else refused, naming the shards)
+//!            → every part verified → _errors.jsonl, the optional assembled output, _SUCCESS
 //! ```
+//!
+//! A worker touches only its own files (see [`stook_actors::checkpoint`]),
+//! so workers of one split share a directory safely.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use stook_actors::checkpoint::{
-    errors_name, sync_dir, verify, write_atomic, InputFingerprint, Manifest, ManifestHeader,
-    Resume, ShardRecord, ERRORS, MANIFEST, SUCCESS,
+    errors_name, is_manifest, shard_of, sync_dir, verify, write_atomic, InputFingerprint, Manifest,
+    ManifestHeader, Resume, ShardRecord, Worker, ERRORS, SUCCESS,
 };
 
 use crate::config::JobConfig;
-use crate::runner::{RunError, REPORT};
+use crate::runner::RunError;
+
+/// The report's stem in the output directory (`_report.json` alone,
+/// `_report-0000I-of-0000N.json` for worker I of N).
+pub const REPORT_STEM: &str = "_report";
 
 /// Whether `name` is one of the files stook writes in an output directory.
 pub fn is_ours(name: &str) -> bool {
     name.starts_with("part-")
         || name.starts_with("_errors-")
-        || (name.starts_with('.') && name.ends_with(".tmp"))
-        || [MANIFEST, ERRORS, SUCCESS, REPORT].contains(&name)
+        || name.starts_with(REPORT_STEM)
+        || is_manifest(name)
+        || (name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".lock")))
+        || [ERRORS, SUCCESS].contains(&name)
 }
 
-/// The manifest header for `config` over its input now.
+/// The manifest header for `config` over its input now, for `worker`.
 pub fn header_for(
     config: &JobConfig,
     model_fingerprint: String,
+    worker: Worker,
 ) -> Result<ManifestHeader, RunError> {
     let input = InputFingerprint::of(&config.input.path).map_err(|source| RunError::Output {
         path: config.input.path.clone(),
@@ -55,7 +69,7 @@ pub fn header_for(
     put("checkpoint.shard_rows", config.checkpoint.shard_rows.into());
     put("output.preserve_order", config.output.preserve_order.into());
     put("input.max_line_bytes", config.input.max_line_bytes.0.into());
-    Ok(ManifestHeader::new(input, c))
+    Ok(ManifestHeader::new(input, c, worker))
 }
 
 /// What `prepare` found.
@@ -64,9 +78,50 @@ pub struct Prepared {
     pub resume: Resume,
     /// Shards redone because their files did not verify.
     pub redone: Vec<String>,
+    /// This worker's lock, held until dropped.
+    pub lock: File,
 }
 
-/// Makes `dir` ready for a run with `header`: a new output, or a verified
+/// Takes this worker's lock in `dir` (an advisory `flock`, released when the
+/// process ends however it ends): a second process for the same worker, such
+/// as a retried task whose first copy still runs, is refused.
+fn lock(dir: &Path, worker: Worker) -> Result<File, RunError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(format!(".{}.lock", worker.manifest_name()));
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| RunError::Output {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on an fd this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(RunError::Busy {
+            dir: dir.to_path_buf(),
+            worker,
+        });
+    }
+    Ok(file)
+}
+
+/// Whether `name` in the output directory is `worker`'s to write or remove.
+fn is_workers(worker: Worker, name: &str) -> bool {
+    if worker.is_alone() {
+        return is_ours(name);
+    }
+    let manifest = worker.manifest_name();
+    let report = worker.file_name(REPORT_STEM, "json");
+    name == manifest
+        || name == format!(".{manifest}.tmp")
+        || name == report
+        || name == SUCCESS
+        || shard_of(name).is_some_and(|s| worker.owns(s))
+}
+
+/// Makes `dir` ready for `header.worker`'s run: a new output, or a verified
 /// resume of an earlier one.
 pub fn prepare(
     dir: &Path,
@@ -75,7 +130,10 @@ pub fn prepare(
     resume: bool,
 ) -> Result<Prepared, RunError> {
     let io = |path: PathBuf| move |source| RunError::Output { path, source };
+    let worker = header.worker;
+    let own = worker.manifest_name();
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    let lock = lock(dir, worker)?;
     let entries = list(dir)?;
     if let Some(other) = entries.iter().find(|n| !is_ours(n)) {
         return Err(RunError::OutputNotEmpty {
@@ -83,31 +141,53 @@ pub fn prepare(
             found: other.clone(),
         });
     }
+    let unreadable = |e: stook_actors::checkpoint::ManifestError| RunError::Resume {
+        dir: dir.to_path_buf(),
+        why: e.to_string(),
+    };
+    // Another split's files would share part names with this one's.
+    if !(worker.is_alone() && fresh) {
+        for (name, m) in Manifest::read_all(dir).map_err(unreadable)? {
+            if name != own && m.header.worker.count != worker.count {
+                return Err(RunError::Resume {
+                    dir: dir.to_path_buf(),
+                    why: format!(
+                        "{name} belongs to a split into {} worker(s), and this run is worker {worker}; \
+                         run the same split, or remove the directory (or run alone with --fresh)",
+                        m.header.worker.count
+                    ),
+                });
+            }
+        }
+    }
+    let mine: Vec<String> = entries
+        .into_iter()
+        .filter(|n| is_workers(worker, n) && !n.ends_with(".lock"))
+        .collect();
     let manifest = if fresh {
         None
     } else {
-        Manifest::read(dir).map_err(|e| RunError::Resume {
-            dir: dir.to_path_buf(),
-            why: e.to_string(),
-        })?
+        Manifest::read(dir, &own).map_err(unreadable)?
     };
     let Some(mut manifest) = manifest else {
-        // Nothing committed: whatever is here is garbage.
-        remove_all(dir, &entries)?;
-        let mut text = serde_json::to_vec(header)
-            .map_err(|e| io(dir.join(MANIFEST))(std::io::Error::other(e)))?;
+        // Nothing committed: whatever of this worker's is here is garbage.
+        remove_all(dir, &mine)?;
+        let mut text =
+            serde_json::to_vec(header).map_err(|e| io(dir.join(&own))(std::io::Error::other(e)))?;
         text.push(b'\n');
-        write_atomic(dir, MANIFEST, &text).map_err(io(dir.join(MANIFEST)))?;
+        write_atomic(dir, &own, &text).map_err(io(dir.join(&own)))?;
         return Ok(Prepared {
             resume: Resume::default(),
             redone: Vec::new(),
+            lock,
         });
     };
     if !resume {
         return Err(RunError::Resume {
             dir: dir.to_path_buf(),
-            why: "it holds a manifest and checkpoint.resume = false; pass --fresh to start over"
-                .into(),
+            why: format!(
+                "it holds {own} and checkpoint.resume = false; pass --fresh to start over"
+            ),
         });
     }
     if let Some(why) = manifest.header.refuse(header) {
@@ -117,13 +197,9 @@ pub fn prepare(
         });
     }
     // The last record of a shard wins; one whose files do not verify is redone.
-    let mut latest: BTreeMap<u64, ShardRecord> = BTreeMap::new();
-    for s in manifest.shards.drain(..) {
-        latest.insert(s.shard, s);
-    }
     let mut kept = Vec::new();
     let mut redone = Vec::new();
-    for (_, s) in latest {
+    for (_, s) in latest(manifest.shards.drain(..)) {
         match verify(dir, &s) {
             Ok(()) => kept.push(s),
             Err(why) => {
@@ -141,15 +217,263 @@ pub fn prepare(
             }
             names
         })
-        .chain([MANIFEST.to_string()])
+        .chain([own.clone()])
         .collect();
-    let garbage: Vec<String> = entries.into_iter().filter(|n| !keep.contains(n)).collect();
+    let garbage: Vec<String> = mine.into_iter().filter(|n| !keep.contains(n)).collect();
     remove_all(dir, &garbage)?;
+    manifest.header.worker = worker;
     manifest.shards = kept;
-    manifest.rewrite(dir).map_err(io(dir.join(MANIFEST)))?;
+    manifest.rewrite(dir).map_err(io(dir.join(&own)))?;
     Ok(Prepared {
         resume: Resume::from_shards(&manifest.shards),
         redone,
+        lock,
+    })
+}
+
+/// The last record of each shard, in shard order.
+fn latest(records: impl IntoIterator<Item = ShardRecord>) -> BTreeMap<u64, ShardRecord> {
+    records.into_iter().map(|s| (s.shard, s)).collect()
+}
+
+/// How a job's input divides: rows, batches, shards.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Layout {
+    /// Input rows (non-blank lines).
+    pub rows: u64,
+    /// Rows per batch.
+    pub batch_size: u64,
+    /// Batches per shard.
+    pub shard_batches: u64,
+}
+
+impl Layout {
+    /// The layout of `config` over `rows` input rows.
+    pub fn new(config: &JobConfig, rows: u64) -> Self {
+        Layout {
+            rows,
+            batch_size: config.batch.size as u64,
+            shard_batches: config.shard_batches(),
+        }
+    }
+
+    /// Batches in all.
+    pub fn batches(&self) -> u64 {
+        self.rows.div_ceil(self.batch_size)
+    }
+
+    /// Shards in all (with order preserved).
+    pub fn shards(&self) -> u64 {
+        self.batches().div_ceil(self.shard_batches)
+    }
+
+    /// Input rows in `worker`'s shards.
+    pub fn rows_of(&self, worker: Worker) -> u64 {
+        let shard_rows = self.shard_batches * self.batch_size;
+        (0..self.shards())
+            .filter(|&s| worker.owns(s))
+            .map(|s| self.rows.min((s + 1) * shard_rows) - s * shard_rows)
+            .sum()
+    }
+}
+
+/// One worker's manifest, summed up.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerStatus {
+    /// The manifest file.
+    pub manifest: String,
+    /// The worker, as `I/N`.
+    pub worker: String,
+    /// Shards it committed.
+    pub shards: u64,
+    /// Shards it owns.
+    pub shards_owned: u64,
+    /// Input rows of its committed shards.
+    pub rows: u64,
+    /// Bad rows among them.
+    pub errors: u64,
+    /// Why its manifest does not fit the job now, if it does not.
+    pub stale: Option<String>,
+}
+
+/// Where a job's output stands.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The output directory.
+    pub dir: PathBuf,
+    /// The job's layout.
+    pub layout: Layout,
+    /// Workers in the split (1: one process).
+    pub workers: u64,
+    /// Shards committed, over all workers.
+    pub shards_committed: u64,
+    /// Input rows committed.
+    pub rows_committed: u64,
+    /// Bad rows committed.
+    pub errors: u64,
+    /// Each manifest found.
+    pub per_worker: Vec<WorkerStatus>,
+    /// Shards not committed (with order preserved).
+    pub missing_shards: Vec<u64>,
+    /// Batches not committed.
+    pub missing_batches: u64,
+    /// Whether `_SUCCESS` is there.
+    pub merged: bool,
+    #[serde(skip)]
+    records: BTreeMap<u64, ShardRecord>,
+}
+
+impl Status {
+    /// Whether every batch is committed by a manifest that fits the job.
+    pub fn complete(&self) -> bool {
+        self.missing_batches == 0 && self.per_worker.iter().all(|w| w.stale.is_none())
+    }
+
+    /// The missing shards as ranges, each with its worker.
+    pub fn missing_described(&self) -> String {
+        let split = Worker {
+            index: 0,
+            count: self.workers.max(1),
+        };
+        let mut by_worker: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for &s in &self.missing_shards {
+            by_worker.entry(split.owner(s).index).or_default().push(s);
+        }
+        by_worker
+            .into_iter()
+            .map(|(w, shards)| {
+                let who = if split.is_alone() {
+                    String::new()
+                } else {
+                    format!(" (worker {w}/{})", split.count)
+                };
+                format!("{}{who}", ranges(&shards))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// `1-3, 7, 9-10`.
+fn ranges(sorted: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            sorted[i].to_string()
+        } else {
+            format!("{}-{}", sorted[i], sorted[j])
+        });
+        i = j + 1;
+    }
+    out.join(", ")
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.layout;
+        writeln!(
+            f,
+            "{}: {} of {} shards committed ({} of {} rows, {} bad), {} worker(s){}",
+            self.dir.display(),
+            self.shards_committed,
+            l.shards(),
+            self.rows_committed,
+            l.rows,
+            self.errors,
+            self.workers,
+            if self.merged { ", merged" } else { "" }
+        )?;
+        for w in &self.per_worker {
+            write!(
+                f,
+                "  worker {:<9} {:>5} of {:<5} shards {:>12} rows {:>8} bad  {}",
+                w.worker, w.shards, w.shards_owned, w.rows, w.errors, w.manifest
+            )?;
+            if let Some(why) = &w.stale {
+                write!(f, "  STALE: {why}")?;
+            }
+            writeln!(f)?;
+        }
+        if self.missing_batches > 0 {
+            if self.missing_shards.is_empty() {
+                writeln!(f, "  missing: {} batches", self.missing_batches)?;
+            } else {
+                writeln!(f, "  missing shards: {}", self.missing_described())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads every manifest in `dir` and sums up where the job stands against
+/// `header` (the job now) and `layout`.
+pub fn status(dir: &Path, header: &ManifestHeader, layout: Layout) -> Result<Status, RunError> {
+    let all = Manifest::read_all(dir).map_err(|e| RunError::Resume {
+        dir: dir.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let workers = all
+        .iter()
+        .map(|(_, m)| m.header.worker.count)
+        .max()
+        .unwrap_or(1);
+    let mut records: BTreeMap<u64, ShardRecord> = BTreeMap::new();
+    let mut per_worker = Vec::new();
+    for (name, m) in all {
+        let w = m.header.worker;
+        let mut stale = m.header.refuse(header);
+        if w.count != workers {
+            stale = Some(format!(
+                "a split into {} worker(s), others are into {workers}",
+                w.count
+            ));
+        }
+        let shards = latest(m.shards);
+        per_worker.push(WorkerStatus {
+            manifest: name,
+            worker: w.to_string(),
+            shards: shards.len() as u64,
+            shards_owned: (0..layout.shards()).filter(|&s| w.owns(s)).count() as u64,
+            rows: shards.values().map(|s| s.rows).sum(),
+            errors: shards.values().map(|s| s.errors).sum(),
+            stale: stale.clone(),
+        });
+        if stale.is_none() {
+            records.extend(shards);
+        }
+    }
+    let covered: BTreeSet<u64> = records.values().flat_map(|s| s.batch_indices()).collect();
+    let missing: Vec<u64> = (0..layout.batches())
+        .filter(|b| !covered.contains(b))
+        .collect();
+    let ordered = header.config.get("output.preserve_order") != Some(&false.into());
+    let missing_shards: Vec<u64> = if ordered {
+        missing
+            .iter()
+            .map(|b| b / layout.shard_batches)
+            .collect::<BTreeSet<u64>>()
+            .into_iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Status {
+        dir: dir.to_path_buf(),
+        layout,
+        workers,
+        shards_committed: records.len() as u64,
+        rows_committed: records.values().map(|s| s.rows).sum(),
+        errors: records.values().map(|s| s.errors).sum(),
+        per_worker,
+        missing_shards,
+        missing_batches: missing.len() as u64,
+        merged: dir.join(SUCCESS).exists(),
+        records,
     })
 }
 
@@ -178,7 +502,7 @@ fn remove_all(dir: &Path, names: &[String]) -> Result<(), RunError> {
 }
 
 /// Totals over every committed shard.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Totals {
     /// Input rows.
     pub rows: u64,
@@ -186,22 +510,75 @@ pub struct Totals {
     pub errors: u64,
     /// Shards.
     pub shards: u64,
+    /// The part files, in order.
+    pub parts: Vec<String>,
 }
 
-/// After a complete run: assembles `_errors.jsonl` (and `assemble`, if
-/// set) from the shards in order, then writes `_SUCCESS`.
-pub fn finalize(dir: &Path, assemble: Option<&Path>) -> Result<Totals, RunError> {
-    let manifest = Manifest::read(dir)
+impl Totals {
+    fn of<'a>(shards: impl IntoIterator<Item = &'a ShardRecord>) -> Self {
+        let mut t = Totals::default();
+        for s in shards {
+            t.rows += s.rows;
+            t.errors += s.errors;
+            t.shards += 1;
+            t.parts.push(s.part.clone());
+        }
+        t
+    }
+}
+
+/// Totals over `worker`'s committed shards.
+pub fn worker_totals(dir: &Path, worker: Worker) -> Result<Totals, RunError> {
+    let m = Manifest::read(dir, &worker.manifest_name())
         .map_err(|e| RunError::Resume {
             dir: dir.to_path_buf(),
             why: e.to_string(),
         })?
         .ok_or_else(|| RunError::Resume {
             dir: dir.to_path_buf(),
-            why: "the manifest disappeared".into(),
+            why: format!("{} disappeared", worker.manifest_name()),
         })?;
-    let mut shards = manifest.shards;
-    shards.sort_by_key(|s| s.shard);
+    Ok(Totals::of(latest(m.shards).values()))
+}
+
+/// Once every batch is committed (by one worker or many): verifies every
+/// part, assembles `_errors.jsonl` (and `assemble`, if set) from the shards
+/// in order, then writes `_SUCCESS`. Refused, naming what is missing or
+/// stale, otherwise.
+pub fn merge(
+    dir: &Path,
+    header: &ManifestHeader,
+    layout: Layout,
+    assemble: Option<&Path>,
+) -> Result<Totals, RunError> {
+    let status = status(dir, header, layout)?;
+    let incomplete = |why: String| RunError::Incomplete {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    if let Some(w) = status.per_worker.iter().find(|w| w.stale.is_some()) {
+        return Err(incomplete(format!(
+            "{} does not fit this job: {}",
+            w.manifest,
+            w.stale.as_deref().unwrap_or_default()
+        )));
+    }
+    if status.missing_batches > 0 {
+        return Err(incomplete(if status.missing_shards.is_empty() {
+            format!("{} batches are not committed", status.missing_batches)
+        } else {
+            format!(
+                "{} of {} shards are not committed: {}; run those workers (again), then merge",
+                status.missing_shards.len(),
+                layout.shards(),
+                status.missing_described()
+            )
+        }));
+    }
+    let shards: Vec<&ShardRecord> = status.records.values().collect();
+    for s in &shards {
+        verify(dir, s).map_err(incomplete)?;
+    }
     let errors: Vec<String> = shards
         .iter()
         .filter(|s| s.errors_bytes > 0)
@@ -211,22 +588,23 @@ pub fn finalize(dir: &Path, assemble: Option<&Path>) -> Result<Totals, RunError>
         let path = dir.join(name);
         move |source| RunError::Output { path, source }
     };
-    if !errors.is_empty() {
+    if errors.is_empty() {
+        match std::fs::remove_file(dir.join(ERRORS)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(ERRORS)(e)),
+            _ => {}
+        }
+    } else {
         concat(dir, &errors, &dir.join(ERRORS)).map_err(io(ERRORS))?;
     }
+    let totals = Totals::of(shards.iter().copied());
     if let Some(target) = assemble {
-        let parts: Vec<String> = shards.iter().map(|s| s.part.clone()).collect();
-        concat(dir, &parts, target).map_err(|source| RunError::Output {
+        concat(dir, &totals.parts, target).map_err(|source| RunError::Output {
             path: target.to_path_buf(),
             source,
         })?;
     }
     write_atomic(dir, SUCCESS, b"").map_err(io(SUCCESS))?;
-    Ok(Totals {
-        rows: shards.iter().map(|s| s.rows).sum(),
-        errors: shards.iter().map(|s| s.errors).sum(),
-        shards: shards.len() as u64,
-    })
+    Ok(totals)
 }
 
 /// Writes the concatenation of `dir/names` to `target`, atomically.
@@ -259,11 +637,52 @@ mod tests {
             ".part-00003.jsonl.tmp",
             "_SUCCESS",
             "_manifest.jsonl",
+            "_manifest-00001-of-00004.jsonl",
+            "._manifest.jsonl.lock",
+            "_report-00001-of-00004.json",
         ] {
             assert!(is_ours(n), "{n}");
         }
         for n in ["notes.txt", ".bashrc", "results.parquet"] {
             assert!(!is_ours(n), "{n}");
         }
+    }
+
+    #[test]
+    fn workers_own_only_their_shards_files() {
+        let w = Worker::new(1, 4).unwrap();
+        for n in [
+            "part-00001.jsonl",
+            ".part-00005.jsonl.tmp",
+            "_errors-00009.jsonl",
+            "_manifest-00001-of-00004.jsonl",
+            "_report-00001-of-00004.json",
+        ] {
+            assert!(is_workers(w, n), "{n}");
+        }
+        for n in [
+            "part-00002.jsonl",
+            "_manifest-00002-of-00004.jsonl",
+            "_errors.jsonl",
+            "_report.json",
+        ] {
+            assert!(!is_workers(w, n), "{n}");
+        }
+    }
+
+    #[test]
+    fn layouts_count_rows_per_worker() {
+        let l = Layout {
+            rows: 1000,
+            batch_size: 64,
+            shard_batches: 2,
+        };
+        assert_eq!(l.batches(), 16);
+        assert_eq!(l.shards(), 8);
+        let w = |i| Worker::new(i, 3).unwrap();
+        assert_eq!(l.rows_of(w(0)) + l.rows_of(w(1)) + l.rows_of(w(2)), 1000);
+        // Worker 1 of 3 owns shards 1, 4 (whole) and 7 (the last, partial).
+        assert_eq!(l.rows_of(w(1)), 2 * 128 + (1000 - 7 * 128));
+        assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1-3, 7, 9-10");
     }
 }

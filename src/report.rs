@@ -28,12 +28,17 @@ pub struct RunFacts<'a> {
     pub peak_rss_bytes: u64,
     /// Each actor's device.
     pub devices: &'a [Device],
+    /// Which slice of the job this run computed.
+    pub worker: stook_actors::checkpoint::Worker,
 }
 
 /// What a finished run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
-    /// Input rows (non-blank lines), over every committed shard.
+    /// The worker (`0/1`: the whole job in one process).
+    pub worker: String,
+    /// Input rows (non-blank lines), over every committed shard (of this
+    /// worker's, in a split).
     pub rows: u64,
     /// Result rows, over every committed shard.
     pub rows_written: u64,
@@ -94,10 +99,12 @@ impl RunReport {
             wall,
             peak_rss_bytes,
             devices,
+            worker,
         } = facts;
         let secs = wall.as_secs_f64();
         let rows = sink.rows_written + sink.errors;
         RunReport {
+            worker: worker.to_string(),
             rows: totals.rows,
             rows_written: totals.rows - totals.errors,
             errors: totals.errors,
@@ -136,8 +143,13 @@ impl RunReport {
         } else {
             String::new()
         };
+        let worker = if self.worker == "0/1" {
+            String::new()
+        } else {
+            format!("worker {}: ", self.worker)
+        };
         format!(
-            "{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped\n\
+            "{worker}{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped\n\
              wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}, {} model load{} on {}",
             self.rows,
             output.display(),

@@ -5,7 +5,9 @@
 //!  job.validate()               checks every row; loads no model
 //!  job.run(control).await       validate (on_error = "fail") → devices → store →
 //!                               Source, Sink, BackendActors on their own arbiters,
-//!                               Scheduler here → report; every thread joined
+//!                               Scheduler here → merge (one worker) → report;
+//!                               every thread joined
+//!  job.status() / job.merge()   where a job split among workers stands; its final output
 //! ```
 //!
 //! Everything runs inside the caller's `actix::System`; [`Job::run_blocking`]
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use stook_actors::checkpoint::ERRORS;
+use stook_actors::checkpoint::{Todo, Worker, ERRORS};
 use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
 use stook_actors::sink::{Sink, SinkConfig};
 use stook_actors::source::{InputFile, RowLimits, Source, SourceConfig, Validation};
@@ -27,14 +29,12 @@ use stook_actors::{
 };
 
 use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
-use crate::output;
+use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunFacts, RunReport};
 
 /// Bad rows shown in an error; all are counted.
 pub const ERRORS_SHOWN: usize = 20;
-/// The report's name in the output directory.
-pub const REPORT: &str = "_report.json";
 
 /// Why a job did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +84,26 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process runs the same worker on this output directory.
+    #[error(
+        "{}: another stook process is running worker {worker} on this output directory \
+         (it holds the lock); wait for it or stop it",
+        .dir.display()
+    )]
+    Busy {
+        /// The output directory.
+        dir: PathBuf,
+        /// The worker.
+        worker: Worker,
+    },
+    /// `merge` found shards missing, stale or damaged.
+    #[error("{}: cannot merge: {why}", .dir.display())]
+    Incomplete {
+        /// The output directory.
+        dir: PathBuf,
+        /// What is missing or wrong.
+        why: String,
+    },
     /// The pipeline stopped.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -123,11 +143,16 @@ pub struct RunControl {
     /// In tasks mode, the model slot to use (a host may share one across
     /// runs); a new one per run if `None`.
     pub shared_model: Option<Arc<SharedModel>>,
+    /// Which slice of the job this process computes (the default: all of
+    /// it). A worker of several computes and commits its own shards and
+    /// leaves the final output to [`Job::merge`].
+    pub worker: Worker,
 }
 
 /// A job: a checked config and its backend.
 pub struct Job {
     config: JobConfig,
+    config_path: PathBuf,
     backend: Arc<dyn Backend>,
 }
 
@@ -144,7 +169,11 @@ impl Job {
                 path: config_path.to_path_buf(),
                 problems,
             })?;
-        Ok(Job { config, backend })
+        Ok(Job {
+            config,
+            config_path: config_path.to_path_buf(),
+            backend,
+        })
     }
 
     /// The config.
@@ -179,6 +208,37 @@ impl Job {
         Ok(v)
     }
 
+    /// Counts the input's rows (fast: no row is parsed) and lays them out
+    /// in batches and shards.
+    pub fn layout(&self) -> Result<Layout, RunError> {
+        let input = InputFile::open(&self.config.input.path)?;
+        Ok(Layout::new(
+            &self.config,
+            count_nonblank_lines(input.bytes()),
+        ))
+    }
+
+    /// Where the job's output stands: shards committed per worker, what is
+    /// missing. Reads the manifests; loads no model.
+    pub fn status(&self) -> Result<Status, RunError> {
+        let header = output::header_for(&self.config, self.backend.fingerprint(), Worker::ALONE)?;
+        output::status(&self.config.output.path, &header, self.layout()?)
+    }
+
+    /// Once every worker's shards are committed: verifies every part and
+    /// writes the final output (`_errors.jsonl`, the `output.assemble`
+    /// file, `_SUCCESS`). Refused, naming the missing shards, otherwise.
+    pub fn merge(&self) -> Result<Totals, RunError> {
+        let header = output::header_for(&self.config, self.backend.fingerprint(), Worker::ALONE)?;
+        let cfg = &self.config;
+        output::merge(
+            &cfg.output.path,
+            &header,
+            self.layout()?,
+            cfg.output.assemble.as_deref(),
+        )
+    }
+
     /// Runs the job in a new `actix::System` on this thread.
     pub fn run_blocking(&self, control: RunControl) -> Result<RunReport, RunError> {
         System::new().block_on(self.run(control))
@@ -189,6 +249,17 @@ impl Job {
         let started = Instant::now();
         let cfg = &self.config;
         let schema = self.backend.schema();
+        let worker = control.worker;
+        if !worker.is_alone() && !cfg.output.preserve_order {
+            return Err(ConfigErrors {
+                path: self.config_path.clone(),
+                problems: vec![crate::config::ConfigProblem::new(
+                    "output.preserve_order",
+                    "a job split among workers needs true (each shard is a fixed range of rows)",
+                )],
+            }
+            .into());
+        }
 
         // 1. Every row, before any model loads (on_error = "fail").
         let input = InputFile::open(&cfg.input.path)?;
@@ -213,13 +284,22 @@ impl Job {
                 lines
             }
         };
-        control.progress.set_total(rows_total);
+        let layout = Layout::new(cfg, rows_total);
+        control.progress.set_total(layout.rows_of(worker));
+        if !worker.is_alone() {
+            tracing::info!(
+                %worker,
+                shards = (0..layout.shards()).filter(|&s| worker.owns(s)).count(),
+                of = layout.shards(),
+                "worker's slice"
+            );
+        }
 
         // 2. Devices, refused before any model loads.
         let devices = self.devices()?;
 
         // 3. The output directory (new, or resumed) and the store.
-        let header = output::header_for(cfg, self.backend.fingerprint())?;
+        let header = output::header_for(cfg, self.backend.fingerprint(), worker)?;
         let prepared = output::prepare(
             &cfg.output.path,
             &header,
@@ -227,6 +307,11 @@ impl Job {
             cfg.checkpoint.resume,
         )?;
         let resume = prepared.resume;
+        let todo = Todo {
+            done: resume.done_batches.clone(),
+            worker,
+            shard_batches: cfg.shard_batches(),
+        };
         if !resume.done_shards.is_empty() {
             tracing::info!(
                 shards = resume.done_shards.len(),
@@ -254,7 +339,7 @@ impl Job {
                 batch_size: cfg.batch.size,
                 limits: self.limits(),
                 skip_bad_rows: cfg.batch.on_error == OnError::Skip,
-                done_batches: resume.done_batches.clone(),
+                todo: todo.clone(),
             };
             let addr =
                 Source::start_in_arbiter(&arb.handle(), move |_| Source::new(input, source_cfg));
@@ -266,8 +351,7 @@ impl Job {
             let sink_cfg = SinkConfig {
                 dir: cfg.output.path.clone(),
                 preserve_order: cfg.output.preserve_order,
-                shard_batches: cfg.shard_batches(),
-                done_batches: resume.done_batches.clone(),
+                todo,
                 done_shards: resume.done_shards.clone(),
             };
             let progress = control.progress.clone();
@@ -333,7 +417,16 @@ impl Job {
         let stats = store.stats();
         drop(store);
         let summary = outcome?;
-        let totals = output::finalize(&cfg.output.path, cfg.output.assemble.as_deref())?;
+        let totals = if worker.is_alone() {
+            output::merge(
+                &cfg.output.path,
+                &header,
+                layout,
+                cfg.output.assemble.as_deref(),
+            )?
+        } else {
+            output::worker_totals(&cfg.output.path, worker)?
+        };
         let report = RunReport::new(
             cfg,
             RunFacts {
@@ -345,12 +438,14 @@ impl Job {
                 wall: started.elapsed(),
                 peak_rss_bytes: peak_rss_bytes(),
                 devices: &devices,
+                worker,
             },
         );
-        let path = cfg.output.path.join(REPORT);
+        let path = cfg.output.path.join(worker.file_name(REPORT_STEM, "json"));
         report
             .write(&path)
             .map_err(|source| RunError::Output { path, source })?;
+        drop(prepared.lock);
         Ok(report)
     }
 

@@ -1,11 +1,19 @@
 //! Checkpoints: the manifest of committed shards, the fingerprints that make
-//! a resume safe, and what a resumed run may skip.
+//! a resume safe, what a resumed run may skip, and how a job is split among
+//! workers.
 //!
-//! `_manifest.jsonl` starts with a header line naming the input's and the
-//! config's fingerprints; every further line is one committed shard
-//! ([`ShardRecord`]), appended and synced only after its part file is
-//! durable under its final name. A crash can leave at most a torn last line,
-//! which [`Manifest::read`] drops (and [`Manifest::rewrite`] removes).
+//! A manifest starts with a header line naming the input's and the config's
+//! fingerprints; every further line is one committed shard ([`ShardRecord`]),
+//! appended and synced only after its part file is durable under its final
+//! name. A crash can leave at most a torn last line, which [`Manifest::read`]
+//! drops (and [`Manifest::rewrite`] removes).
+//!
+//! A job may be split among `N` worker processes ([`Worker`]): worker `I`
+//! owns the shards whose index ≡ I mod N and writes only its own files: the
+//! part and bad-row files of its shards and its own manifest,
+//! `_manifest-0000I-of-0000N.jsonl` (a lone worker's is `_manifest.jsonl`).
+//! So no file in the output directory ever has two writers, on any
+//! filesystem, and no manifest append needs to be atomic across processes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -14,8 +22,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The manifest's name in the output directory.
+/// A lone worker's manifest in the output directory.
 pub const MANIFEST: &str = "_manifest.jsonl";
+/// The stem every manifest's name starts with.
+pub const MANIFEST_STEM: &str = "_manifest";
 /// The assembled errors file (all shards' bad rows, in shard order).
 pub const ERRORS: &str = "_errors.jsonl";
 /// The success marker.
@@ -29,6 +39,93 @@ pub fn part_name(i: u64) -> String {
 /// The name of shard `i`'s bad-row file (only when it has bad rows).
 pub fn errors_name(i: u64) -> String {
     format!("_errors-{i:05}.jsonl")
+}
+
+/// The shard a part or bad-row file (or its temporary) belongs to.
+pub fn shard_of(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix('.').unwrap_or(name);
+    let rest = rest
+        .strip_prefix("part-")
+        .or_else(|| rest.strip_prefix("_errors-"))?;
+    let digits = rest.split('.').next()?;
+    (digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// One worker's slice of a job: the shards whose index ≡ `index` mod
+/// `count`. Round-robin rather than contiguous ranges: a worker needs no row
+/// count to know its shards, and rows that cost more in one region of the
+/// input (longer texts at the end, say) are spread over every worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// This worker, from 0.
+    pub index: u64,
+    /// Workers in all.
+    pub count: u64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker::ALONE
+    }
+}
+
+impl std::fmt::Display for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl Worker {
+    /// The only worker of a job.
+    pub const ALONE: Worker = Worker { index: 0, count: 1 };
+
+    /// Worker `index` of `count`.
+    pub fn new(index: u64, count: u64) -> Result<Self, String> {
+        if count == 0 {
+            return Err("the worker count must be at least 1".into());
+        }
+        if index >= count {
+            return Err(format!(
+                "worker index {index} is out of range for {count} workers (0 to {})",
+                count - 1
+            ));
+        }
+        Ok(Worker { index, count })
+    }
+
+    /// Whether this is the job's only worker.
+    pub fn is_alone(&self) -> bool {
+        self.count == 1
+    }
+
+    /// Whether shard `shard` is this worker's.
+    pub fn owns(&self, shard: u64) -> bool {
+        shard % self.count == self.index
+    }
+
+    /// The worker that owns `shard` in a split like this one.
+    pub fn owner(&self, shard: u64) -> Worker {
+        Worker {
+            index: shard % self.count,
+            count: self.count,
+        }
+    }
+
+    /// Its manifest's name.
+    pub fn manifest_name(&self) -> String {
+        self.file_name(MANIFEST_STEM, "jsonl")
+    }
+
+    /// `{stem}.{ext}` alone, `{stem}-0000I-of-0000N.{ext}` in a split.
+    pub fn file_name(&self, stem: &str, ext: &str) -> String {
+        if self.is_alone() {
+            format!("{stem}.{ext}")
+        } else {
+            format!("{stem}-{:05}-of-{:05}.{ext}", self.index, self.count)
+        }
+    }
 }
 
 /// What identifies an input file: size, mtime and CRC-32s of its first and
@@ -103,16 +200,24 @@ pub struct ManifestHeader {
     pub input: InputFingerprint,
     /// The settings that change results, by config key.
     pub config: BTreeMap<String, serde_json::Value>,
+    /// The worker that writes this manifest (absent: a lone worker).
+    #[serde(default, skip_serializing_if = "Worker::is_alone")]
+    pub worker: Worker,
 }
 
 impl ManifestHeader {
     /// A header for a new output.
-    pub fn new(input: InputFingerprint, config: BTreeMap<String, serde_json::Value>) -> Self {
+    pub fn new(
+        input: InputFingerprint,
+        config: BTreeMap<String, serde_json::Value>,
+        worker: Worker,
+    ) -> Self {
         ManifestHeader {
             manifest: "stook".into(),
             version: 1,
             input,
             config,
+            worker,
         }
     }
 
@@ -197,9 +302,9 @@ pub struct ManifestError {
 }
 
 impl Manifest {
-    /// Reads `dir`'s manifest; `Ok(None)` when there is none.
-    pub fn read(dir: &Path) -> Result<Option<Self>, ManifestError> {
-        let path = dir.join(MANIFEST);
+    /// Reads the manifest `dir/name`; `Ok(None)` when there is none.
+    pub fn read(dir: &Path, name: &str) -> Result<Option<Self>, ManifestError> {
+        let path = dir.join(name);
         let err = |line, message: String| ManifestError {
             path: path.clone(),
             line,
@@ -245,6 +350,28 @@ impl Manifest {
         }))
     }
 
+    /// Every manifest in `dir`, by name, in name order.
+    pub fn read_all(dir: &Path) -> Result<Vec<(String, Self)>, ManifestError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| ManifestError {
+                path: dir.to_path_buf(),
+                line: 0,
+                message: e.to_string(),
+            })?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| is_manifest(n))
+            .collect();
+        names.sort();
+        let mut all = Vec::new();
+        for n in names {
+            if let Some(m) = Manifest::read(dir, &n)? {
+                all.push((n, m));
+            }
+        }
+        Ok(all)
+    }
+
     /// Writes the manifest anew (temporary file, sync, rename, sync dir).
     pub fn rewrite(&self, dir: &Path) -> std::io::Result<()> {
         let mut text = serde_json::to_vec(&self.header).map_err(std::io::Error::other)?;
@@ -253,8 +380,13 @@ impl Manifest {
             text.extend(serde_json::to_vec(s).map_err(std::io::Error::other)?);
             text.push(b'\n');
         }
-        write_atomic(dir, MANIFEST, &text)
+        write_atomic(dir, &self.header.worker.manifest_name(), &text)
     }
+}
+
+/// Whether `name` is a manifest's.
+pub fn is_manifest(name: &str) -> bool {
+    name.starts_with(MANIFEST_STEM) && name.ends_with(".jsonl")
 }
 
 /// Appends one shard record to the manifest and syncs it.
@@ -267,9 +399,9 @@ pub fn append_record(file: &mut File, record: &ShardRecord) -> std::io::Result<(
     file.sync_data()
 }
 
-/// Opens the manifest for appending.
-pub fn open_for_append(dir: &Path) -> std::io::Result<File> {
-    OpenOptions::new().append(true).open(dir.join(MANIFEST))
+/// Opens the manifest `dir/name` for appending.
+pub fn open_for_append(dir: &Path, name: &str) -> std::io::Result<File> {
+    OpenOptions::new().append(true).open(dir.join(name))
 }
 
 /// Writes `dir/name` atomically: a temporary file, synced, renamed, and the
@@ -322,6 +454,25 @@ pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
     Ok(())
 }
 
+/// The batches a run computes: its worker's, less those already committed.
+#[derive(Clone, Debug, Default)]
+pub struct Todo {
+    /// Batches committed by an earlier run.
+    pub done: BTreeSet<u64>,
+    /// Whose shards.
+    pub worker: Worker,
+    /// Batches per shard.
+    pub shard_batches: u64,
+}
+
+impl Todo {
+    /// Whether batch `index` is not this run's to compute.
+    pub fn skips(&self, index: u64) -> bool {
+        self.done.contains(&index)
+            || (!self.worker.is_alone() && !self.worker.owns(index / self.shard_batches.max(1)))
+    }
+}
+
 /// What a resumed run skips and where it goes on.
 #[derive(Clone, Debug, Default)]
 pub struct Resume {
@@ -364,6 +515,7 @@ mod tests {
                 tail_crc32: 3,
             },
             cfg,
+            Worker::ALONE,
         )
     }
 
@@ -389,15 +541,36 @@ mod tests {
             torn_tail: false,
         };
         m.rewrite(dir.path()).unwrap();
-        assert_eq!(Manifest::read(dir.path()).unwrap().unwrap(), m);
-        let mut f = open_for_append(dir.path()).unwrap();
+        assert_eq!(Manifest::read(dir.path(), MANIFEST).unwrap().unwrap(), m);
+        let mut f = open_for_append(dir.path(), MANIFEST).unwrap();
         f.write_all(b"{\"shard\":2,\"par").unwrap();
-        let back = Manifest::read(dir.path()).unwrap().unwrap();
+        let back = Manifest::read(dir.path(), MANIFEST).unwrap().unwrap();
         assert!(back.torn_tail);
         assert_eq!(back.shards.len(), 2);
         f.write_all(b"\n").unwrap();
-        let e = Manifest::read(dir.path()).unwrap_err().to_string();
+        let e = Manifest::read(dir.path(), MANIFEST)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("_manifest.jsonl:4: not a manifest line"), "{e}");
+    }
+
+    #[test]
+    fn a_header_reads_back_equal_to_the_one_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = header();
+        // A float whose shortest form a fast, inexact parser misreads.
+        h.config.insert(
+            "model.options".into(),
+            serde_json::json!({"f": 2.8013114580185006}),
+        );
+        let m = Manifest {
+            header: h.clone(),
+            shards: vec![],
+            torn_tail: false,
+        };
+        m.rewrite(dir.path()).unwrap();
+        let back = Manifest::read(dir.path(), MANIFEST).unwrap().unwrap();
+        assert_eq!(back.header.refuse(&h), None);
     }
 
     #[test]
@@ -427,5 +600,28 @@ mod tests {
         let b = InputFingerprint::of(&p).unwrap();
         assert_ne!(a.tail_crc32, b.tail_crc32);
         assert_eq!(a.head_crc32, b.head_crc32);
+    }
+
+    #[test]
+    fn workers_own_shards_round_robin_and_name_their_files() {
+        let w = Worker::new(2, 4).unwrap();
+        let owned: Vec<u64> = (0..12).filter(|&s| w.owns(s)).collect();
+        assert_eq!(owned, [2, 6, 10]);
+        assert_eq!(w.manifest_name(), "_manifest-00002-of-00004.jsonl");
+        assert_eq!(Worker::ALONE.manifest_name(), MANIFEST);
+        assert!(Worker::new(4, 4).unwrap_err().contains("0 to 3"));
+        assert!(Worker::new(0, 0).is_err());
+        let todo = Todo {
+            done: [8].into(),
+            worker: w,
+            shard_batches: 4,
+        };
+        let computed: Vec<u64> = (0..16).filter(|&b| !todo.skips(b)).collect();
+        assert_eq!(computed, [9, 10, 11]);
+        assert_eq!(shard_of("part-00012.jsonl"), Some(12));
+        assert_eq!(shard_of(".part-00012.jsonl.tmp"), Some(12));
+        assert_eq!(shard_of("_errors-00003.jsonl"), Some(3));
+        assert_eq!(shard_of("_errors.jsonl"), None);
+        assert!(is_manifest("_manifest-00002-of-00004.jsonl"));
     }
 }

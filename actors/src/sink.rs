@@ -24,7 +24,7 @@ use actix::prelude::*;
 
 use crate::batch::OutputBatch;
 use crate::checkpoint::{
-    append_record, errors_name, open_for_append, part_name, sync_dir, ShardRecord,
+    append_record, errors_name, open_for_append, part_name, sync_dir, ShardRecord, Todo,
 };
 use crate::error::PipelineError;
 use crate::messages::{Deliver, Finish, SinkSummary};
@@ -39,10 +39,9 @@ pub struct SinkConfig {
     pub dir: PathBuf,
     /// Write in input order (true) or as batches finish (false).
     pub preserve_order: bool,
-    /// Batches per shard.
-    pub shard_batches: u64,
-    /// Batches already committed by an earlier run (never delivered).
-    pub done_batches: BTreeSet<u64>,
+    /// Batches not delivered (not this worker's, or committed by an
+    /// earlier run), and the batches per shard.
+    pub todo: Todo,
     /// Shards already committed by an earlier run.
     pub done_shards: BTreeSet<u64>,
 }
@@ -141,7 +140,7 @@ impl Sink {
     }
 
     fn skip_done(&mut self) {
-        while self.cfg.done_batches.contains(&self.next_index) {
+        while self.cfg.todo.skips(self.next_index) {
             self.next_index += 1;
         }
     }
@@ -154,7 +153,7 @@ impl Sink {
     /// that is open) when needed.
     fn shard_for(&mut self, index: u64) -> Result<&mut OpenShard, PipelineError> {
         let wanted = if self.cfg.preserve_order {
-            Some(index / self.cfg.shard_batches)
+            Some(index / self.cfg.todo.shard_batches)
         } else {
             None
         };
@@ -213,7 +212,7 @@ impl Sink {
         shard.rows += rows + n_err;
         shard.errors_count += n_err;
         shard.note_batch(d.plan.index);
-        let full = shard.count >= self.cfg.shard_batches;
+        let full = shard.count >= self.cfg.todo.shard_batches;
         self.line = line;
         self.summary.rows_written += rows;
         self.summary.errors += n_err;
@@ -251,15 +250,16 @@ impl Sink {
             crc32,
             errors_bytes,
         };
+        let manifest = self.cfg.todo.worker.manifest_name();
         if self.manifest.is_none() {
-            let f = open_for_append(&dir);
-            self.manifest = Some(self.io(crate::checkpoint::MANIFEST, f)?);
+            let f = open_for_append(&dir, &manifest);
+            self.manifest = Some(self.io(&manifest, f)?);
         }
         let Some(m) = self.manifest.as_mut() else {
             unreachable!("opened above")
         };
         let r = append_record(m, &record);
-        self.io(crate::checkpoint::MANIFEST, r)?;
+        self.io(&manifest, r)?;
         self.summary.parts.push(name);
         self.summary.bytes_written += bytes;
         self.progress.shard_committed();

@@ -250,8 +250,9 @@ pub struct SourceConfig {
     pub limits: RowLimits,
     /// Skip bad rows (true) or stop at the first (false).
     pub skip_bad_rows: bool,
-    /// Batches committed by an earlier run: cut, never encoded.
-    pub done_batches: std::collections::BTreeSet<u64>,
+    /// Which batches to encode; the others (other workers', or committed
+    /// by an earlier run) are cut, never encoded.
+    pub todo: crate::checkpoint::Todo,
 }
 
 /// The Source actor.
@@ -284,7 +285,7 @@ impl Source {
     fn plan(&mut self) -> Option<BatchPlan> {
         loop {
             let plan = self.cut()?;
-            if !self.cfg.done_batches.contains(&plan.index) {
+            if !self.cfg.todo.skips(plan.index) {
                 return Some(plan);
             }
         }
@@ -306,7 +307,10 @@ impl Source {
                 bytes += line.bytes.len();
             }
         }
-        if rows == 0 && blank == 0 {
+        // Blank lines after the last row make no batch of their own: the
+        // batch count is the row count over the batch size, which workers
+        // and `stook merge` rely on.
+        if rows == 0 {
             return None;
         }
         let plan = BatchPlan {

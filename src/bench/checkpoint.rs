@@ -85,8 +85,11 @@ pub fn checkpoint(args: &CheckpointBench) -> Result<(), Box<dyn std::error::Erro
         let j = job(args.shard_rows, "stops")?;
         let _ = j.run_blocking(control);
         let computed = stopper.join().map_err(|_| "stopper thread panicked")?;
-        let manifest =
-            stook_actors::checkpoint::Manifest::read(&dir.join("stops"))?.ok_or("no manifest")?;
+        let manifest = stook_actors::checkpoint::Manifest::read(
+            &dir.join("stops"),
+            stook_actors::checkpoint::MANIFEST,
+        )?
+        .ok_or("no manifest")?;
         let committed: u64 = manifest.shards.iter().map(|s| s.rows).sum();
         lost.push(computed.saturating_sub(committed));
     }

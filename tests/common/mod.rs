@@ -114,12 +114,13 @@ pub fn output_bytes(dir: &Path) -> Vec<u8> {
         .collect()
 }
 
-/// Files whose names start with `.` (temporaries) in `dir`.
+/// Files whose names start with `.` (temporaries) in `dir`, but the
+/// workers' lock files, which stay.
 pub fn temporaries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
         .collect()
 }
 
