@@ -366,6 +366,30 @@ impl JobConfig {
         }
     }
 
+    /// A job over `input` into the directory `output` with `backend` (no
+    /// options) and every other setting at its default, for a host that
+    /// builds its config in code; change any field after.
+    pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, backend: &str) -> Self {
+        JobConfig {
+            input: InputConfig {
+                path: input.into(),
+                max_line_bytes: default_max_line(),
+            },
+            output: OutputConfig {
+                path: output.into(),
+                preserve_order: true,
+                assemble: None,
+            },
+            model: ModelConfig {
+                backend: backend.to_string(),
+                options: toml::Table::new(),
+            },
+            batch: BatchConfig::default(),
+            memory: MemoryConfig::default(),
+            checkpoint: CheckpointConfig::default(),
+        }
+    }
+
     /// Rows per shard rounded to whole batches, as a count of batches.
     pub fn shard_batches(&self) -> u64 {
         (self.checkpoint.shard_rows.div_ceil(self.batch.size)).max(1) as u64

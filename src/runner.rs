@@ -193,19 +193,7 @@ impl Job {
     }
 
     fn validate_input(&self, input: &InputFile) -> Result<Validation, RunError> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let v = input.validate(
-            &self.backend.schema(),
-            &self.limits(),
-            threads,
-            ERRORS_SHOWN,
-        );
-        if v.rows == 0 {
-            return Err(RunError::NoRows {
-                path: self.config.input.path.clone(),
-            });
-        }
-        Ok(v)
+        validate_file(input, &self.backend.schema(), &self.limits())
     }
 
     /// Counts the input's rows (fast: no row is parsed) and lays them out
@@ -261,29 +249,17 @@ impl Job {
             .into());
         }
 
-        // 1. Every row, before any model loads (on_error = "fail").
+        // 1. Every row, before any model loads (on_error = "fail"); off
+        //    the host's thread, as is all file work below.
         let input = InputFile::open(&cfg.input.path)?;
-        let rows_total = match cfg.batch.on_error {
-            OnError::Fail => {
-                let v = self.validate_input(&input)?;
-                if v.error_count > 0 {
-                    return Err(RunError::InvalidInput {
-                        errors: v.errors,
-                        count: v.error_count,
-                    });
-                }
-                v.rows
-            }
-            OnError::Skip => {
-                let lines = count_nonblank_lines(input.bytes());
-                if lines == 0 {
-                    return Err(RunError::NoRows {
-                        path: cfg.input.path.clone(),
-                    });
-                }
-                lines
-            }
-        };
+        let (schema2, limits) = (schema.clone(), self.limits());
+        let check = cfg.batch.on_error == OnError::Fail;
+        let (input, rows_total) = off_thread(move || {
+            let rows = count_rows(&input, &schema2, &limits, check);
+            (input, rows)
+        })
+        .await?;
+        let rows_total = rows_total?;
         let layout = Layout::new(cfg, rows_total);
         control.progress.set_total(layout.rows_of(worker));
         if !worker.is_alone() {
@@ -300,12 +276,11 @@ impl Job {
 
         // 3. The output directory (new, or resumed) and the store.
         let header = output::header_for(cfg, self.backend.fingerprint(), worker)?;
-        let prepared = output::prepare(
-            &cfg.output.path,
-            &header,
-            control.fresh,
-            cfg.checkpoint.resume,
-        )?;
+        let prepared = {
+            let (dir, header, fresh) = (cfg.output.path.clone(), header.clone(), control.fresh);
+            let resume = cfg.checkpoint.resume;
+            off_thread(move || output::prepare(&dir, &header, fresh, resume)).await??
+        };
         let resume = prepared.resume;
         let todo = Todo {
             done: resume.done_batches.clone(),
@@ -413,17 +388,13 @@ impl Job {
         let outcome = rx
             .await
             .unwrap_or(Err(PipelineError::ActorGone("scheduler")));
-        join_arbiters(arbiters, cfg.batch.timeout.map(|t| t.0));
+        join_arbiters(arbiters, cfg.batch.timeout.map(|t| t.0)).await;
         let stats = store.stats();
         drop(store);
         let summary = outcome?;
         let totals = if worker.is_alone() {
-            output::merge(
-                &cfg.output.path,
-                &header,
-                layout,
-                cfg.output.assemble.as_deref(),
-            )?
+            let (dir, assemble) = (cfg.output.path.clone(), cfg.output.assemble.clone());
+            off_thread(move || output::merge(&dir, &header, layout, assemble.as_deref())).await??
         } else {
             output::worker_totals(&cfg.output.path, worker)?
         };
@@ -465,37 +436,88 @@ impl Job {
     }
 }
 
-/// Stops every arbiter and joins its thread. An actor still inside a model
-/// call (one abandoned past `batch.timeout`) cannot be interrupted: after
-/// the timeout its thread is left to finish on its own, and said so.
-fn join_arbiters(arbiters: Vec<Arbiter>, timeout: Option<std::time::Duration>) {
+/// Stops every arbiter and joins its thread, without blocking the host's
+/// thread. An actor still inside a model call (one abandoned past
+/// `batch.timeout`) cannot be interrupted: after the timeout its thread is
+/// left to finish on its own, and said so.
+async fn join_arbiters(arbiters: Vec<Arbiter>, timeout: Option<std::time::Duration>) {
     for arb in &arbiters {
         arb.stop();
     }
-    let Some(timeout) = timeout else {
-        for arb in arbiters {
-            let _ = arb.join();
-        }
-        return;
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
     let n = arbiters.len();
-    std::thread::spawn(move || {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let joiner = std::thread::spawn(move || {
         for arb in arbiters {
             let _ = arb.join();
-            let _ = tx.send(());
         }
+        let _ = tx.send(());
     });
-    let deadline = Instant::now() + timeout;
-    for joined in 0..n {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if rx.recv_timeout(left).is_err() {
-            tracing::warn!(
-                threads = n - joined,
-                "actor threads still busy in a model call; left to finish"
-            );
-            return;
+    let joined = match timeout {
+        None => rx.await.is_ok(),
+        Some(t) => matches!(actix_rt::time::timeout(t, rx).await, Ok(Ok(()))),
+    };
+    if joined {
+        let _ = joiner.join();
+    } else {
+        tracing::warn!(
+            threads = n,
+            "actor threads still busy in a model call; left to finish"
+        );
+    }
+}
+
+/// Runs `f` on a thread of its own and waits for it without blocking the
+/// caller's thread (the host's event loop, when stook is embedded).
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RunError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let r = rx.await;
+    let _ = thread.join();
+    r.map_err(|_| RunError::Pipeline(PipelineError::ActorGone("file worker thread")))
+}
+
+fn validate_file(
+    input: &InputFile,
+    schema: &stook_actors::RequestSchema,
+    limits: &RowLimits,
+) -> Result<Validation, RunError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let v = input.validate(schema, limits, threads, ERRORS_SHOWN);
+    if v.rows == 0 {
+        return Err(RunError::NoRows {
+            path: input.path().to_path_buf(),
+        });
+    }
+    Ok(v)
+}
+
+/// The input's rows: every row checked when `check` (any bad one refused),
+/// else only counted.
+fn count_rows(
+    input: &InputFile,
+    schema: &stook_actors::RequestSchema,
+    limits: &RowLimits,
+    check: bool,
+) -> Result<u64, RunError> {
+    if check {
+        let v = validate_file(input, schema, limits)?;
+        if v.error_count > 0 {
+            return Err(RunError::InvalidInput {
+                errors: v.errors,
+                count: v.error_count,
+            });
         }
+        return Ok(v.rows);
+    }
+    match count_nonblank_lines(input.bytes()) {
+        0 => Err(RunError::NoRows {
+            path: input.path().to_path_buf(),
+        }),
+        n => Ok(n),
     }
 }
 

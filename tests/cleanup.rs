@@ -11,19 +11,6 @@ use common::*;
 use stook::config::Compute;
 use stook::{BackendRegistry, Job, RunControl};
 
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-fn shm_entries() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn nothing_is_left_after_success_failure_or_cancel() {
     let dir = tempdir();

@@ -35,6 +35,6 @@ pub use batch::{RequestBatch, ResultWriter};
 pub use devices::{Device, GpuInventory};
 pub use error::{PipelineError, StoreError};
 pub use model::{Backend, Model, ModelError};
-pub use progress::{Progress, ProgressSnapshot};
+pub use progress::{Progress, ProgressEvent, ProgressSnapshot};
 pub use rows::{FieldKind, FieldSpec, RequestSchema, RowError};
 pub use store::{Holder, ObjectRef, ObjectStore, Reservation, StoreStats};

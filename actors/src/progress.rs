@@ -1,7 +1,7 @@
 //! Counters a run updates as it goes, read by a progress bar or a host.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Waits kept for percentiles; later ones replace earlier ones at random.
@@ -20,6 +20,39 @@ pub struct Progress {
     store_reserved: AtomicU64,
     store_objects: AtomicU64,
     waits: Mutex<(u64, Vec<u32>)>,
+    observer: OnceLock<Observer>,
+}
+
+/// Something a run did, for a host's event stream.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ProgressEvent {
+    /// The counters, at a regular interval and once at the end.
+    Progress {
+        /// The counters.
+        #[serde(flatten)]
+        snapshot: ProgressSnapshot,
+        /// Rows done per second since the run started.
+        rows_per_second: f64,
+    },
+    /// A shard is durable under its final name and in the manifest.
+    ShardCommitted {
+        /// Its index.
+        shard: u64,
+        /// Its input rows (results and bad rows).
+        rows: u64,
+        /// Its bad rows.
+        errors: u64,
+    },
+}
+
+/// Called with each event, on the thread that caused it; must not block.
+pub struct Observer(Box<dyn Fn(ProgressEvent) + Send + Sync>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
 }
 
 /// A copy of the counters at one instant.
@@ -65,8 +98,27 @@ impl Progress {
     }
 
     /// Records a committed shard.
-    pub fn shard_committed(&self) {
+    pub fn shard_committed(&self, shard: u64, rows: u64, errors: u64) {
         self.shards_committed.fetch_add(1, Ordering::Relaxed);
+        self.emit(ProgressEvent::ShardCommitted {
+            shard,
+            rows,
+            errors,
+        });
+    }
+
+    /// Sets the one function called with every event; false if one is
+    /// set already. It runs on the thread that caused the event and must
+    /// not block (send to a bounded channel with `try_send`, say).
+    pub fn observe(&self, f: impl Fn(ProgressEvent) + Send + Sync + 'static) -> bool {
+        self.observer.set(Observer(Box::new(f))).is_ok()
+    }
+
+    /// Passes `event` to the observer, if one is set.
+    pub fn emit(&self, event: ProgressEvent) {
+        if let Some(o) = self.observer.get() {
+            (o.0)(event);
+        }
     }
 
     /// Records a model load.

@@ -262,7 +262,8 @@ impl Sink {
         self.io(&manifest, r)?;
         self.summary.parts.push(name);
         self.summary.bytes_written += bytes;
-        self.progress.shard_committed();
+        self.progress
+            .shard_committed(record.shard, record.rows, record.errors);
         tracing::debug!(
             shard = record.shard,
             rows = record.rows,

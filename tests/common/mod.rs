@@ -141,3 +141,18 @@ pub fn assert_synthetic_rows(out: &[u8], n: usize) {
 pub fn stook_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_stook"))
 }
+
+/// Entries of a directory (threads in /proc/self/task, say).
+pub fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Names in /dev/shm.
+pub fn shm_entries() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
