@@ -53,11 +53,12 @@ pub mod report;
 pub mod runner;
 
 pub use config::{ByteSize, ConfigErrors, ConfigProblem, JobConfig};
-pub use handle::JobHandle;
+pub use handle::{JobHandle, ResultStream};
 pub use registry::{BackendOptions, BackendRegistry};
 pub use report::RunReport;
 pub use runner::{Job, RunControl, RunError};
 pub use stook_actors::checkpoint::{self, Worker};
+pub use stook_actors::sink::ResultBatch;
 pub use stook_actors::{
     Backend, Device, Model, ModelError, Progress, ProgressEvent, ProgressSnapshot, RequestBatch,
     RequestSchema, ResultWriter,

@@ -20,12 +20,13 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use stook_actors::checkpoint::{Todo, Worker, ERRORS};
+use stook_actors::messages::SinkSummary;
 use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
-use stook_actors::sink::{Sink, SinkConfig};
-use stook_actors::source::{InputFile, RowLimits, Source, SourceConfig, Validation};
+use stook_actors::sink::{ResultSender, Sink, SinkConfig};
+use stook_actors::source::{InputFile, RowFeed, RowLimits, Source, SourceConfig, Validation};
 use stook_actors::{
     Backend, BackendActor, Device, GpuInventory, ObjectStore, PipelineError, Progress, RowError,
-    SharedModel,
+    SharedModel, StoreStats,
 };
 
 use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
@@ -298,6 +299,117 @@ impl Job {
         control
             .progress
             .resumed(resume.done_rows, resume.done_errors);
+        let sink_cfg = SinkConfig {
+            dir: cfg.output.path.clone(),
+            preserve_order: cfg.output.preserve_order,
+            todo: todo.clone(),
+            done_shards: resume.done_shards.clone(),
+            stream: None,
+        };
+        let (summary, stats) = self
+            .pipeline(
+                &control,
+                todo,
+                move |source_cfg| Source::new(input, source_cfg),
+                sink_cfg,
+                &devices,
+            )
+            .await?;
+        let totals = if worker.is_alone() {
+            let (dir, assemble) = (cfg.output.path.clone(), cfg.output.assemble.clone());
+            off_thread(move || output::merge(&dir, &header, layout, assemble.as_deref())).await??
+        } else {
+            output::worker_totals(&cfg.output.path, worker)?
+        };
+        let report = RunReport::new(
+            cfg,
+            RunFacts {
+                sink: &summary,
+                totals: &totals,
+                rows_resumed: resume.done_rows,
+                progress: control.progress.snapshot(),
+                store: &stats,
+                wall: started.elapsed(),
+                peak_rss_bytes: peak_rss_bytes(),
+                devices: &devices,
+                worker,
+            },
+        );
+        let path = cfg.output.path.join(worker.file_name(REPORT_STEM, "json"));
+        report
+            .write(&path)
+            .map_err(|source| RunError::Output { path, source })?;
+        drop(prepared.lock);
+        Ok(report)
+    }
+
+    /// Runs the job over rows from memory instead of `input.path`, sending
+    /// results in order to `results` instead of files (no output directory,
+    /// manifest or resume). Rows are pulled only as batches are admitted,
+    /// and a batch stays admitted until `results` takes it, so a slow
+    /// consumer stops the producer. With `on_error = "fail"` a bad row stops
+    /// the run when it is reached (rows cannot be checked ahead).
+    pub async fn run_rows(
+        &self,
+        rows: RowFeed,
+        results: ResultSender,
+        control: RunControl,
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let devices = self.devices()?;
+        let todo = Todo {
+            shard_batches: self.config.shard_batches(),
+            ..Todo::default()
+        };
+        let sink_cfg = SinkConfig {
+            dir: PathBuf::new(),
+            preserve_order: self.config.output.preserve_order,
+            todo: todo.clone(),
+            done_shards: Default::default(),
+            stream: Some(results),
+        };
+        let (summary, stats) = self
+            .pipeline(
+                &control,
+                todo,
+                move |c| Source::from_rows("rows", rows, c),
+                sink_cfg,
+                &devices,
+            )
+            .await?;
+        let totals = Totals {
+            rows: summary.rows_written + summary.errors,
+            errors: summary.errors,
+            ..Totals::default()
+        };
+        Ok(RunReport::new(
+            &self.config,
+            RunFacts {
+                sink: &summary,
+                totals: &totals,
+                rows_resumed: 0,
+                progress: control.progress.snapshot(),
+                store: &stats,
+                wall: started.elapsed(),
+                peak_rss_bytes: peak_rss_bytes(),
+                devices: &devices,
+                worker: Worker::ALONE,
+            },
+        ))
+    }
+
+    /// Starts the store and the actors (the Source from `make_source`),
+    /// waits for the outcome and joins every thread.
+    async fn pipeline(
+        &self,
+        control: &RunControl,
+        todo: Todo,
+        make_source: impl FnOnce(SourceConfig) -> Source + Send + 'static,
+        sink_cfg: SinkConfig,
+        devices: &[Device],
+    ) -> Result<(SinkSummary, StoreStats), RunError> {
+        let cfg = &self.config;
+        let schema = self.backend.schema();
         let store = ObjectStore::with_options(
             cfg.memory.object_store.as_usize(),
             Some(control.progress.clone()),
@@ -314,21 +426,14 @@ impl Job {
                 batch_size: cfg.batch.size,
                 limits: self.limits(),
                 skip_bad_rows: cfg.batch.on_error == OnError::Skip,
-                todo: todo.clone(),
+                todo,
             };
-            let addr =
-                Source::start_in_arbiter(&arb.handle(), move |_| Source::new(input, source_cfg));
+            let addr = Source::start_in_arbiter(&arb.handle(), move |_| make_source(source_cfg));
             arbiters.push(arb);
             addr
         };
         let sink = {
             let arb = Arbiter::new();
-            let sink_cfg = SinkConfig {
-                dir: cfg.output.path.clone(),
-                preserve_order: cfg.output.preserve_order,
-                todo,
-                done_shards: resume.done_shards.clone(),
-            };
             let progress = control.progress.clone();
             let addr =
                 Sink::start_in_arbiter(&arb.handle(), move |_| Sink::new(sink_cfg, progress));
@@ -391,33 +496,7 @@ impl Job {
         join_arbiters(arbiters, cfg.batch.timeout.map(|t| t.0)).await;
         let stats = store.stats();
         drop(store);
-        let summary = outcome?;
-        let totals = if worker.is_alone() {
-            let (dir, assemble) = (cfg.output.path.clone(), cfg.output.assemble.clone());
-            off_thread(move || output::merge(&dir, &header, layout, assemble.as_deref())).await??
-        } else {
-            output::worker_totals(&cfg.output.path, worker)?
-        };
-        let report = RunReport::new(
-            cfg,
-            RunFacts {
-                sink: &summary,
-                totals: &totals,
-                rows_resumed: resume.done_rows,
-                progress: control.progress.snapshot(),
-                store: &stats,
-                wall: started.elapsed(),
-                peak_rss_bytes: peak_rss_bytes(),
-                devices: &devices,
-                worker,
-            },
-        );
-        let path = cfg.output.path.join(worker.file_name(REPORT_STEM, "json"));
-        report
-            .write(&path)
-            .map_err(|source| RunError::Output { path, source })?;
-        drop(prepared.lock);
-        Ok(report)
+        Ok((outcome?, stats))
     }
 
     fn devices(&self) -> Result<Vec<Device>, RunError> {

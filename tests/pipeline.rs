@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use stook::config::Compute;
+use stook::{BackendRegistry, Job, RunControl};
 
 const ROWS: usize = 1_000;
 
@@ -265,4 +266,69 @@ fn a_batch_past_its_timeout_is_sent_again_and_the_first_result_wins() {
     );
     assert!(r.peak_store_bytes <= r.store_budget_bytes);
     assert_synthetic_rows(&output_bytes(&out), 400);
+}
+
+/// Rows from an iterator, results as a stream: in order, correct, and a
+/// slow reader holds the producer to a few batches ahead of it.
+#[test]
+fn rows_from_memory_stream_back_in_order_and_a_slow_reader_stops_the_producer() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    const N: u64 = 20_000;
+    let produced = Arc::new(AtomicU64::new(0));
+    let p = produced.clone();
+    let rows = (0..N).map(move |i| {
+        p.fetch_add(1, Ordering::SeqCst);
+        let text = format!("row {i} {} é ✓", "word ".repeat(i as usize % 17));
+        serde_json::json!({"id": i, "text": text})
+    });
+    let dir = tempdir();
+    let mut config = stook::JobConfig::new("unused.jsonl", dir.path().join("unused"), "synthetic");
+    config.batch.size = 100;
+    let job = Job::new(config, &BackendRegistry::with_builtins(), "memory".as_ref()).unwrap();
+    let (report, text, most_ahead) = actix::System::new().block_on(async move {
+        let (handle, mut results) = job.start_rows(rows, RunControl::default());
+        let (mut text, mut read, mut most_ahead) = (String::new(), 0u64, 0u64);
+        while let Some(batch) = results.recv().await {
+            for (row, json) in &batch.results {
+                assert_eq!(*row, read);
+                text.push_str(json);
+                text.push('\n');
+                read += 1;
+            }
+            most_ahead = most_ahead.max(produced.load(Ordering::SeqCst) - read);
+            // A reader slower than the model.
+            actix_rt::time::sleep(std::time::Duration::from_millis(3)).await;
+        }
+        (handle.wait().await.unwrap(), text, most_ahead)
+    });
+    assert_synthetic_rows(text.as_bytes(), N as usize);
+    assert_eq!(report.rows, N);
+    assert_eq!(report.leaked_store_objects, 0);
+    // Admission holds the window (2 × 2 + 2), the lookahead (2) and the
+    // stream's 2 batches, and the Source pulls one batch at a time.
+    eprintln!("the producer ran at most {most_ahead} rows ahead of the reader");
+    assert!(
+        most_ahead <= 12 * 100,
+        "the producer ran {most_ahead} rows ahead"
+    );
+    assert!(!dir.path().join("unused").exists(), "no output directory");
+}
+
+/// Dropping the result stream stops the job, as a cancel does.
+#[test]
+fn dropping_the_result_stream_stops_the_job() {
+    let rows = (0..1_000_000u64).map(|i| serde_json::json!({"id": i, "text": "x"}));
+    let dir = tempdir();
+    let config = stook::JobConfig::new("unused.jsonl", dir.path().join("unused"), "synthetic");
+    let job = Job::new(config, &BackendRegistry::with_builtins(), "memory".as_ref()).unwrap();
+    let outcome = actix::System::new().block_on(async move {
+        let (handle, mut results) = job.start_rows(rows, RunControl::default());
+        results.recv().await.expect("a first batch");
+        drop(results);
+        handle.wait().await
+    });
+    let e = outcome.unwrap_err();
+    assert!(e.is_cancelled(), "{e}");
 }

@@ -44,6 +44,49 @@ pub struct SinkConfig {
     pub todo: Todo,
     /// Shards already committed by an earlier run.
     pub done_shards: BTreeSet<u64>,
+    /// Send results here, in order, instead of writing files.
+    pub stream: Option<ResultSender>,
+}
+
+/// One batch of results as a stream carries it, in input order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ResultBatch {
+    /// Results as (0-based input row, JSON object text).
+    pub results: Vec<(u64, String)>,
+    /// Rows refused (`on_error = "skip"`).
+    pub errors: Vec<RowError>,
+}
+
+/// Where a streaming Sink sends batches: a bounded channel, and the run's
+/// cancel flag, checked while the channel is full.
+#[derive(Clone, Debug)]
+pub struct ResultSender {
+    /// The channel.
+    pub tx: tokio::sync::mpsc::Sender<ResultBatch>,
+    /// Set when the run stops.
+    pub cancel: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl ResultSender {
+    /// Sends `batch`, waiting while the consumer is behind: this blocks the
+    /// Sink, which holds the batch unfinished, which stops admission. A
+    /// cancel or a dropped receiver ends the wait.
+    fn send(&self, mut batch: ResultBatch) -> Result<(), PipelineError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        loop {
+            match self.tx.try_send(batch) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(PipelineError::Cancelled),
+                Err(TrySendError::Full(b)) => {
+                    if self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                        return Err(PipelineError::Cancelled);
+                    }
+                    batch = b;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+    }
 }
 
 /// A file being written under a temporary name.
@@ -185,7 +228,32 @@ impl Sink {
             .ok_or(PipelineError::ActorGone("sink shard"))
     }
 
+    fn stream_batch(&mut self, d: Deliver, to: &ResultSender) -> Result<(), PipelineError> {
+        let mut batch = ResultBatch::default();
+        if let Some(obj) = &d.output {
+            obj.set_holder(Holder::Sink);
+            let out = OutputBatch::decode(obj)?;
+            batch.results = (0..out.len())
+                .map(|i| {
+                    let (row, json) = out.get(i);
+                    (row, json.to_string())
+                })
+                .collect();
+        }
+        let (rows, n_err) = (batch.results.len() as u64, d.errors.len() as u64);
+        batch.errors = d.errors;
+        drop(d.output);
+        to.send(batch)?;
+        self.summary.rows_written += rows;
+        self.summary.errors += n_err;
+        self.progress.batch_done(rows + n_err, n_err);
+        Ok(())
+    }
+
     fn write_batch(&mut self, d: Deliver) -> Result<(), PipelineError> {
+        if let Some(to) = self.cfg.stream.clone() {
+            return self.stream_batch(d, &to);
+        }
         let (preserve_order, dir) = (self.cfg.preserve_order, self.cfg.dir.clone());
         let fail = |name: String| {
             let path = dir.join(name);

@@ -63,6 +63,16 @@ impl InputFile {
         })
     }
 
+    /// No file: the input of rows supplied from memory, named `name` in
+    /// messages.
+    pub fn none(name: &str) -> Self {
+        InputFile {
+            path: PathBuf::from(name),
+            shown: name.into(),
+            map: None,
+        }
+    }
+
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
         self.map.as_deref().unwrap_or(&[])
@@ -255,9 +265,16 @@ pub struct SourceConfig {
     pub todo: crate::checkpoint::Todo,
 }
 
+/// Rows supplied from memory: each item one row's JSON text. It is pulled
+/// only when the Scheduler admits a batch, so a slow consumer stops it.
+pub type RowFeed = Box<dyn Iterator<Item = Vec<u8>> + Send>;
+
 /// The Source actor.
 pub struct Source {
     input: InputFile,
+    feed: Option<RowFeed>,
+    /// Rows pulled from the feed for planned batches not yet produced.
+    pulled: std::collections::BTreeMap<u64, Vec<u8>>,
     cfg: SourceConfig,
     pos: usize,
     next_line: u64,
@@ -272,6 +289,8 @@ impl Source {
         let pos = data_start(input.bytes());
         Source {
             input,
+            feed: None,
+            pulled: Default::default(),
             cfg,
             pos,
             next_line: 1,
@@ -291,7 +310,51 @@ impl Source {
         }
     }
 
+    /// A Source over rows from memory (`name` in messages); each row's
+    /// "line" is its 1-based position.
+    pub fn from_rows(name: &str, feed: RowFeed, cfg: SourceConfig) -> Self {
+        let mut s = Source::new(InputFile::none(name), cfg);
+        s.feed = Some(feed);
+        s
+    }
+
+    /// Pulls up to a batch of rows from the feed into a buffer of lines.
+    fn cut_feed(&mut self) -> Option<BatchPlan> {
+        let feed = self.feed.as_mut()?;
+        let mut buf = Vec::new();
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        while rows < self.cfg.batch_size {
+            let Some(row) = feed.next() else { break };
+            if row.len() <= self.cfg.limits.max_line_bytes {
+                bytes += row.len();
+            }
+            buf.extend_from_slice(&row);
+            buf.push(b'\n');
+            rows += 1;
+        }
+        if rows == 0 {
+            return None;
+        }
+        let plan = BatchPlan {
+            index: self.next_index,
+            first_row: self.next_row,
+            rows,
+            bytes,
+            lines: (self.next_line, self.next_line + rows as u64 - 1),
+            blank_lines: 0,
+            range: (0, buf.len()),
+        };
+        self.pulled.insert(plan.index, buf);
+        self.next_line += rows as u64;
+        self.next_row += rows as u64;
+        self.next_index += 1;
+        Some(plan)
+    }
+
     fn cut(&mut self) -> Option<BatchPlan> {
+        if self.feed.is_some() {
+            return self.cut_feed();
+        }
         let mut lines = Lines::new(self.input.bytes(), self.pos, self.next_line);
         let (first_pos, first_line) = (self.pos, self.next_line);
         let (mut rows, mut bytes, mut blank, mut last) = (0usize, 0usize, 0u64, first_line);
@@ -338,7 +401,12 @@ impl Source {
         let mut good = Vec::with_capacity(plan.rows);
         let mut errors = Vec::new();
         let mut row = plan.first_row;
-        for line in Lines::new(&self.input.bytes()[..b], a, plan.lines.0) {
+        let pulled = self.pulled.remove(&plan.index);
+        let data = match &pulled {
+            Some(buf) => &buf[..],
+            None => &self.input.bytes()[..b],
+        };
+        for line in Lines::new(data, a, plan.lines.0) {
             if line.is_blank() {
                 continue;
             }
