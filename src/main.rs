@@ -95,6 +95,9 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // First thing, so that no Ctrl-C finds the default action (death
+    // without cleanup) once a job may have started writing.
+    install_ctrl_c();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -268,7 +271,7 @@ fn run(
         worker,
         ..RunControl::default()
     };
-    install_ctrl_c(control.cancel.clone());
+    let _ = JOB_CANCEL.set(control.cancel.clone());
     let bar = progress_bar(&control);
     let result = job.run_blocking(control);
     bar.finish();
@@ -298,16 +301,19 @@ fn run(
     }
 }
 
-/// First Ctrl-C: stop admitting work and finish cleanly. Second: exit now.
-fn install_ctrl_c(cancel: Arc<AtomicBool>) {
+/// The running job's cancel flag, once `stook run` has one.
+static JOB_CANCEL: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+/// During a job, the first Ctrl-C stops admitting work and finishes
+/// cleanly; a second, or any before a job starts, exits at once (130).
+fn install_ctrl_c() {
     let presses = AtomicUsize::new(0);
-    let r = ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) == 0 {
+    let r = ctrlc::set_handler(move || match JOB_CANCEL.get() {
+        Some(cancel) if presses.fetch_add(1, Ordering::SeqCst) == 0 => {
             eprintln!("\nstook: stopping after the batches in flight (Ctrl-C again to exit now)");
             cancel.store(true, Ordering::SeqCst);
-        } else {
-            std::process::exit(i32::from(EXIT_CANCELLED));
         }
+        _ => std::process::exit(i32::from(EXIT_CANCELLED)),
     });
     if let Err(e) = r {
         tracing::warn!(error = %e, "cannot install the Ctrl-C handler");

@@ -65,8 +65,10 @@ fn kill_and_resume(signal: i32) {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Each resumed run has less left to do: aim inside the first third.
-        std::thread::sleep(Duration::from_millis(rng.below(full / 3 + 1)));
+        // Each resumed run has less left to do: aim inside the first third,
+        // and not before the process reaches main (a signal there meets the
+        // default action, before any of stook runs).
+        std::thread::sleep(Duration::from_millis(5 + rng.below(full / 3 + 1)));
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let o = child.wait_with_output().unwrap();
