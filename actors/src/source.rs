@@ -335,20 +335,37 @@ impl Source {
         if rows == 0 {
             return None;
         }
+        let (lines, range) = (
+            (self.next_line, self.next_line + rows as u64 - 1),
+            (0, buf.len()),
+        );
+        self.pulled.insert(self.next_index, buf);
+        self.next_line += rows as u64;
+        Some(self.next_plan(rows, bytes, lines, 0, range))
+    }
+
+    /// The plan of the next batch, `rows` rows from the current one on;
+    /// advances the row and batch counters.
+    fn next_plan(
+        &mut self,
+        rows: usize,
+        bytes: usize,
+        lines: (u64, u64),
+        blank_lines: u64,
+        range: (usize, usize),
+    ) -> BatchPlan {
         let plan = BatchPlan {
             index: self.next_index,
             first_row: self.next_row,
             rows,
             bytes,
-            lines: (self.next_line, self.next_line + rows as u64 - 1),
-            blank_lines: 0,
-            range: (0, buf.len()),
+            lines,
+            blank_lines,
+            range,
         };
-        self.pulled.insert(plan.index, buf);
-        self.next_line += rows as u64;
         self.next_row += rows as u64;
         self.next_index += 1;
-        Some(plan)
+        plan
     }
 
     fn cut(&mut self) -> Option<BatchPlan> {
@@ -376,20 +393,10 @@ impl Source {
         if rows == 0 {
             return None;
         }
-        let plan = BatchPlan {
-            index: self.next_index,
-            first_row: self.next_row,
-            rows,
-            bytes,
-            lines: (first_line, last),
-            blank_lines: blank,
-            range: (first_pos, lines.position()),
-        };
         self.pos = lines.position();
         self.next_line = lines.next_number();
-        self.next_row += rows as u64;
-        self.next_index += 1;
-        Some(plan)
+        let range = (first_pos, self.pos);
+        Some(self.next_plan(rows, bytes, (first_line, last), blank, range))
     }
 
     fn produce(
