@@ -14,3 +14,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== cargo check --features cuda (CUDA 13.0 toolkit from PyPI wheels: scripts/cuda-toolkit.sh)"
+(
+  eval "$(scripts/cuda-toolkit.sh)"
+  CARGO_TARGET_DIR=target/cuda-check cargo check --workspace --all-targets --locked --features cuda
+)

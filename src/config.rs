@@ -84,6 +84,49 @@ pub enum OnError {
     Skip,
 }
 
+/// `[batch] device`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// The CPU.
+    Cpu,
+    /// GPUs found through NVML, most free memory first.
+    Cuda,
+    /// One GPU by index, for every actor.
+    CudaIndex(u32),
+    /// GPUs when NVML finds any, else the CPU.
+    Auto,
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            "auto" => Ok(DeviceChoice::Auto),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceChoice::CudaIndex)
+                .ok_or_else(|| {
+                    format!("expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", found {s:?}")
+                }),
+        }
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        match d {
+            DeviceChoice::Cpu => "cpu".into(),
+            DeviceChoice::Cuda => "cuda".into(),
+            DeviceChoice::CudaIndex(i) => format!("cuda:{i}"),
+            DeviceChoice::Auto => "auto".into(),
+        }
+    }
+}
+
 /// `[batch]`: batching and execution.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -100,6 +143,11 @@ pub struct BatchConfig {
     /// GPUs per actor; fractions share a GPU.
     #[serde(default)]
     pub num_gpus_per_actor: f64,
+    /// Where models run: `cpu`, `cuda` (GPUs from NVML by free memory),
+    /// `cuda:N`, or `auto` (GPUs when NVML finds any, else the CPU).
+    /// Default: `cuda` when num_gpus_per_actor > 0, else `cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceChoice>,
     /// `fail` or `skip`.
     #[serde(default = "default_on_error")]
     pub on_error: OnError,
@@ -182,6 +230,7 @@ impl Default for BatchConfig {
             compute: default_compute(),
             num_actors: default_actors(),
             num_gpus_per_actor: 0.0,
+            device: None,
             on_error: default_on_error(),
             max_retries: default_retries(),
             reorder_window: None,
@@ -413,6 +462,15 @@ fn check_batch(b: &BatchConfig, problems: &mut Vec<ConfigProblem>) {
         problems.push(ConfigProblem::new(
             "batch.num_gpus_per_actor",
             format!("expected 0 or more, found {}", b.num_gpus_per_actor),
+        ));
+    }
+    if b.device == Some(DeviceChoice::Cpu) && b.num_gpus_per_actor > 0.0 {
+        problems.push(ConfigProblem::new(
+            "batch.device",
+            format!(
+                "\"cpu\" with num_gpus_per_actor = {}: set one or the other",
+                b.num_gpus_per_actor
+            ),
         ));
     }
     if b.reorder_window == Some(0) {

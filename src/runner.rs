@@ -25,11 +25,11 @@ use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
 use stook_actors::sink::{ResultSender, Sink, SinkConfig};
 use stook_actors::source::{InputFile, RowFeed, RowLimits, Source, SourceConfig, Validation};
 use stook_actors::{
-    Backend, BackendActor, Device, GpuInventory, ObjectStore, PipelineError, Progress, RowError,
-    SharedModel, StoreStats,
+    Backend, BackendActor, Device, DeviceError, GpuInventory, ObjectStore, PipelineError, Progress,
+    RowError, SharedModel, StoreStats,
 };
 
-use crate::config::{Compute, ConfigErrors, JobConfig, OnError};
+use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
 use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunFacts, RunReport};
@@ -313,6 +313,7 @@ impl Job {
                 move |source_cfg| Source::new(input, source_cfg),
                 sink_cfg,
                 &devices,
+                header.input.content_key().into(),
             )
             .await?;
         let totals = if worker.is_alone() {
@@ -375,6 +376,7 @@ impl Job {
                 move |c| Source::from_rows("rows", rows, c),
                 sink_cfg,
                 &devices,
+                Arc::from(""),
             )
             .await?;
         let totals = Totals {
@@ -407,6 +409,7 @@ impl Job {
         make_source: impl FnOnce(SourceConfig) -> Source + Send + 'static,
         sink_cfg: SinkConfig,
         devices: &[Device],
+        input_key: Arc<str>,
     ) -> Result<(SinkSummary, StoreStats), RunError> {
         let cfg = &self.config;
         let schema = self.backend.schema();
@@ -450,11 +453,14 @@ impl Job {
                     device.clone(),
                     control.progress.clone(),
                 );
-                let shared = shared.clone();
+                let (shared, key) = (shared.clone(), input_key.clone());
                 let compute = cfg.batch.compute;
-                let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| match compute {
-                    Compute::Actors => BackendActor::owning(backend, device, progress),
-                    Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
+                let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| {
+                    match compute {
+                        Compute::Actors => BackendActor::owning(backend, device, progress),
+                        Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
+                    }
+                    .with_input_key(key)
                 });
                 arbiters.push(arb);
                 addr
@@ -501,17 +507,59 @@ impl Job {
 
     fn devices(&self) -> Result<Vec<Device>, RunError> {
         let b = &self.config.batch;
-        if b.num_gpus_per_actor <= 0.0 {
-            tracing::info!("running on the CPU (batch.num_gpus_per_actor = 0)");
+        let choice = b.device.unwrap_or(if b.num_gpus_per_actor > 0.0 {
+            DeviceChoice::Cuda
+        } else {
+            DeviceChoice::Cpu
+        });
+        if choice == DeviceChoice::Cpu {
+            tracing::info!("running on the CPU (batch.device)");
             return Ok(vec![Device::Cpu; b.num_actors]);
         }
         let inventory = GpuInventory::probe();
         if let Some(why) = &inventory.unavailable {
             tracing::warn!(reason = %why, "no GPU inventory");
         }
-        Ok(inventory
-            .assign(b.num_actors, b.num_gpus_per_actor)
-            .map_err(PipelineError::from)?)
+        let per_actor = if b.num_gpus_per_actor > 0.0 {
+            b.num_gpus_per_actor
+        } else {
+            1.0
+        };
+        let built = cfg!(feature = "cuda");
+        let devices = match choice {
+            DeviceChoice::Auto if inventory.gpus.is_empty() || !built => {
+                tracing::warn!(
+                    "batch.device = \"auto\": {}, running on the CPU",
+                    if built {
+                        "no GPU found"
+                    } else {
+                        "stook was built without CUDA"
+                    }
+                );
+                return Ok(vec![Device::Cpu; b.num_actors]);
+            }
+            DeviceChoice::CudaIndex(i) => {
+                if !inventory.gpus.iter().any(|g| g.index == i) {
+                    return Err(PipelineError::from(DeviceError::NoSuchGpu {
+                        index: i,
+                        found: inventory.gpus.len(),
+                        why: inventory.unavailable.clone(),
+                    })
+                    .into());
+                }
+                vec![Device::Cuda(i); b.num_actors]
+            }
+            _ => inventory
+                .assign(b.num_actors, per_actor)
+                .map_err(PipelineError::from)?,
+        };
+        if !built {
+            return Err(PipelineError::from(DeviceError::NotBuiltWithCuda {
+                asked: String::from(choice),
+            })
+            .into());
+        }
+        Ok(devices)
     }
 }
 

@@ -241,6 +241,41 @@ fn more_gpus_than_nvml_reports_are_refused_before_any_model_loads() {
 }
 
 #[test]
+fn device_choices_are_checked_before_any_model_loads() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    // "auto" without a GPU (or without CUDA) runs on the CPU.
+    let cfg = c.config("load_ms = 1", "device = \"auto\"");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model loads on cpu"), "{}", stderr(&o));
+    // A GPU index that is not there is refused, naming it.
+    let cfg = c.config("load_ms = 1", "device = \"cuda:7\"");
+    let o = c.stook(&["run", "--fresh", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("batch.device = \"cuda:7\": no such GPU"),
+        "{err}"
+    );
+    assert!(!err.contains("loading model"), "{err}");
+    // Config errors name the key and what is expected.
+    let cfg = c.config("load_ms = 1", "device = \"gpu\"");
+    let err = stderr(&c.stook(&["validate", cfg.to_str().unwrap()]));
+    assert!(err.contains("batch.device"), "{err}");
+    assert!(
+        err.contains("expected \"cpu\", \"cuda\", \"cuda:N\" or \"auto\", found \"gpu\""),
+        "{err}"
+    );
+    let cfg = c.config("load_ms = 1", "device = \"cpu\"\nnum_gpus_per_actor = 1");
+    let err = stderr(&c.stook(&["validate", cfg.to_str().unwrap()]));
+    assert!(
+        err.contains("batch.device: \"cpu\" with num_gpus_per_actor = 1"),
+        "{err}"
+    );
+}
+
+#[test]
 fn config_problems_are_all_reported_with_their_keys() {
     let c = Case::new();
     c.input(good(0).as_bytes());

@@ -131,3 +131,155 @@ fn a_folder_missing_files_is_named_before_any_model_loads() {
     let e = run(c).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("not-a-model/config.json: No such file"), "{e}");
 }
+
+/// sheaf-serve EmbeddingRequest lines over the fixture's sentences: 0 to 3
+/// texts a request; some with a request_id, some without, some with
+/// normalize null; a non-ASCII model name and unknown keys.
+fn sheaf_requests(dir: &Path) -> (PathBuf, Vec<Vec<u64>>) {
+    let sentences: Vec<serde_json::Value> = std::fs::read_to_string(fixture("sentences.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (mut lines, mut ids, mut next) = (String::new(), Vec::new(), 0usize);
+    for r in 0.. {
+        let n = [1, 3, 0, 2][r % 4].min(sentences.len() - next);
+        if next == sentences.len() {
+            break;
+        }
+        let group: Vec<&serde_json::Value> = sentences[next..next + n].iter().collect();
+        ids.push(group.iter().map(|s| s["id"].as_u64().unwrap()).collect());
+        next += n;
+        let texts: Vec<&str> = group.iter().map(|s| s["text"].as_str().unwrap()).collect();
+        let mut req = serde_json::json!({
+            "model_type": "embedding",
+            "model_name": "mini-lm ✓ \"m\"",
+            "texts": texts,
+            "extra": {"ignored": [1, 2]},
+        });
+        match r % 3 {
+            0 => req["request_id"] = format!("req-{r}").into(),
+            1 => req["normalize"] = serde_json::Value::Null,
+            _ => req["normalize"] = true.into(),
+        }
+        lines.push_str(&serde_json::to_string(&req).unwrap());
+        lines.push('\n');
+    }
+    let path = dir.join("sheaf.jsonl");
+    std::fs::write(&path, lines).unwrap();
+    (path, ids)
+}
+
+fn sheaf_config(input: &Path, out: &Path) -> stook::JobConfig {
+    let mut c = embedding_config(input, out, 16, Compute::Actors, 1);
+    c.model.options =
+        toml::from_str(&format!("path = {:?}\nschema = \"sheaf\"", model_dir())).unwrap();
+    c
+}
+
+#[test]
+fn sheaf_requests_get_sheaf_responses_byte_for_byte() {
+    let dir = tempdir();
+    let (input, ids) = sheaf_requests(dir.path());
+    let out = dir.path().join("o");
+    let r = run(sheaf_config(&input, &out)).unwrap();
+    assert_eq!(r.rows_written as usize, ids.len());
+    let bytes = output_bytes(&out);
+    let text = String::from_utf8(bytes.clone()).unwrap();
+
+    // Python's json.dumps writes each line exactly as it is (key order,
+    // separators, \u escapes, float reprs): re-dumping changes nothing.
+    let redump = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import json,sys\nfor l in open(sys.argv[1], encoding='utf-8'):\n    l = l.rstrip('\\n')\n    d = json.dumps(json.loads(l))\n    i = next((k for k in range(min(len(d), len(l))) if d[k] != l[k]), min(len(d), len(l)))\n    assert d == l, ('json.dumps', d[i-60:i+60], 'stook', l[i-60:i+60])\nprint('ok')",
+        ])
+        .arg(out.join("part-00000.jsonl"))
+        .output()
+        .expect("python3 is needed to check sheaf's format (scripts/test.sh runs where it is)");
+    assert!(
+        redump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redump.stderr)
+    );
+
+    let want: std::collections::HashMap<u64, Vec<f64>> =
+        vectors(&std::fs::read(fixture("minilm-reference.jsonl")).unwrap())
+            .into_iter()
+            .collect();
+    let mut worst = 1.0f64;
+    for (r, (line, ids)) in text.lines().zip(&ids).enumerate() {
+        assert!(line.starts_with("{\"request_id\": \""), "{line:.80}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["model_type"], "embedding");
+        assert_eq!(v["model_name"], "mini-lm ✓ \"m\"");
+        assert!(
+            line.contains("\"model_name\": \"mini-lm \\u2713 \\\"m\\\"\""),
+            "{line:.120}"
+        );
+        assert_eq!(v["metadata"], serde_json::json!({}));
+        assert_eq!(v["dim"], 384);
+        let id = v["request_id"].as_str().unwrap();
+        if r % 3 == 0 {
+            assert_eq!(id, format!("req-{r}"));
+        } else {
+            assert_eq!(id.len(), 36, "{id}");
+        }
+        let embs = v["embeddings"].as_array().unwrap();
+        assert_eq!(embs.len(), ids.len(), "request {r}");
+        for (e, i) in embs.iter().zip(ids) {
+            let g: Vec<f64> = e
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            worst = worst.min(cosine(&g, &want[i]));
+        }
+    }
+    eprintln!("sheaf: lowest cosine {worst:.7}");
+    assert!(worst >= 0.9999, "lowest cosine {worst}");
+
+    // Generated request ids depend on the input and the row only: a rerun
+    // writes the same bytes.
+    let again = dir.path().join("o2");
+    run(sheaf_config(&input, &again)).unwrap();
+    assert_eq!(output_bytes(&again), bytes);
+}
+
+#[test]
+fn sheaf_requests_that_sheaf_would_misread_are_refused_with_line_and_field() {
+    let dir = tempdir();
+    let ok = r#"{"model_type": "embedding", "model_name": "m", "texts": ["a"]}"#;
+    for (bad, want) in [
+        (
+            r#"{"model_type": "image", "model_name": "m", "texts": ["a"]}"#,
+            r#"field "model_type": expected "embedding", found "image""#,
+        ),
+        (
+            r#"{"model_type": "embedding", "model_name": "m", "texts": ["a"], "images_b64": ["AAAA"]}"#,
+            r#"field "images_b64" is not accepted: image embeddings are not supported"#,
+        ),
+        (
+            r#"{"model_type": "embedding", "model_name": "m", "texts": "a"}"#,
+            r#"field "texts": invalid type: string "a", expected a sequence"#,
+        ),
+        (
+            r#"{"model_type": "embedding", "texts": ["a"]}"#,
+            r#"missing field "model_name" (expected a string)"#,
+        ),
+        (
+            r#"{"model_type": "embedding", "model_name": "m", "texts": ["a"], "normalize": "yes"}"#,
+            r#"field "normalize": invalid type: string "yes", expected a boolean"#,
+        ),
+    ] {
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, format!("{ok}\n\n{bad}\n{ok}\n")).unwrap();
+        let e = run(sheaf_config(&input, &dir.path().join("o")))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("in.jsonl:3:"), "{e}");
+        assert!(e.contains(want), "{e}");
+    }
+}

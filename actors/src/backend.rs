@@ -78,6 +78,7 @@ pub struct BackendActor {
     device: Device,
     slot: Slot,
     progress: Arc<Progress>,
+    input_key: Arc<str>,
 }
 
 impl BackendActor {
@@ -108,7 +109,15 @@ impl BackendActor {
             device,
             slot,
             progress,
+            input_key: Arc::from(""),
         }
+    }
+
+    /// Labels every batch with `key`, what identifies the input by content
+    /// ([`RequestBatch::input_key`]).
+    pub fn with_input_key(mut self, key: Arc<str>) -> Self {
+        self.input_key = key;
+        self
     }
 
     fn model(&self) -> Result<Arc<dyn Model>, ModelError> {
@@ -124,7 +133,8 @@ impl BackendActor {
     fn compute(&self, msg: &Compute) -> Result<(ResultWriter, Vec<Poisoned>), ModelError> {
         let model = self.model()?;
         let batch = RequestBatch::decode(&msg.input, &self.schema)
-            .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?;
+            .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?
+            .with_input_key(self.input_key.clone());
         let mut out = ResultWriter::new();
         let mut poison = Vec::new();
         if msg.isolate {

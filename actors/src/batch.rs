@@ -155,6 +155,7 @@ pub struct RequestBatch {
     lines: UInt64Array,
     fields: Vec<StringArray>,
     raw: Option<StringArray>,
+    input_key: Arc<str>,
 }
 
 impl RequestBatch {
@@ -175,7 +176,21 @@ impl RequestBatch {
             } else {
                 None
             },
+            input_key: Arc::from(""),
         })
+    }
+
+    /// The same batch, labelled with what identifies its input.
+    pub fn with_input_key(mut self, key: Arc<str>) -> Self {
+        self.input_key = key;
+        self
+    }
+
+    /// What identifies the job's input by content (a hex digest; empty for
+    /// rows from memory): with [`RequestBatch::row`], a name for each row
+    /// that is the same on every run over the same input.
+    pub fn input_key(&self) -> &str {
+        &self.input_key
     }
 
     /// A sub-range of the batch (no copy).
@@ -186,6 +201,7 @@ impl RequestBatch {
             lines: self.lines.slice(start, len),
             fields: self.fields.iter().map(s).collect(),
             raw: self.raw.as_ref().map(s),
+            input_key: self.input_key.clone(),
         }
     }
 

@@ -170,6 +170,15 @@ impl InputFingerprint {
         })
     }
 
+    /// The content part alone (size and CRCs, not the modification time),
+    /// as hex: the same for a copy of the file.
+    pub fn content_key(&self) -> String {
+        format!(
+            "{:016x}{:08x}{:08x}",
+            self.size, self.head_crc32, self.tail_crc32
+        )
+    }
+
     /// What differs from `other`, in words.
     pub fn differences(&self, other: &Self) -> Vec<String> {
         let mut d = Vec::new();

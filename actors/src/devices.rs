@@ -121,6 +121,28 @@ pub enum DeviceError {
         /// Why NVML found none, if it failed.
         why: Option<String>,
     },
+    /// A GPU was asked for from a build without CUDA.
+    #[error(
+        "batch.device = \"{asked}\": this stook was built without CUDA \
+         (build with `cargo build --release --features cuda`; see README \"CUDA\")"
+    )]
+    NotBuiltWithCuda {
+        /// The device asked for.
+        asked: String,
+    },
+    /// `cuda:N` names a GPU that is not there.
+    #[error(
+        "batch.device = \"cuda:{index}\": no such GPU ({found} found{})",
+        why.as_ref().map(|w| format!("; {w}")).unwrap_or_default()
+    )]
+    NoSuchGpu {
+        /// The index asked for.
+        index: u32,
+        /// GPUs found.
+        found: usize,
+        /// Why NVML found none, if it failed.
+        why: Option<String>,
+    },
 }
 
 #[cfg(test)]

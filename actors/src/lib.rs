@@ -32,7 +32,7 @@ pub mod store;
 
 pub use backend::{BackendActor, SharedModel};
 pub use batch::{RequestBatch, ResultWriter};
-pub use devices::{Device, GpuInventory};
+pub use devices::{Device, DeviceError, GpuInventory};
 pub use error::{PipelineError, StoreError};
 pub use model::{Backend, Model, ModelError};
 pub use progress::{Progress, ProgressEvent, ProgressSnapshot};

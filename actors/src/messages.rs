@@ -19,6 +19,10 @@ pub struct BatchPlan {
     pub rows: usize,
     /// Bytes of its non-blank lines.
     pub bytes: usize,
+    /// `"` bytes in those lines, counted only when the schema has a list
+    /// field (each string in a list has two): see
+    /// [`crate::Backend::result_bytes_bound_quoted`].
+    pub quotes: usize,
     /// First and last 1-based line numbers.
     pub lines: (u64, u64),
     /// Blank lines skipped inside it.

@@ -18,6 +18,14 @@ pub trait Backend: Send + Sync + 'static {
     /// room in the store is reserved from this before the batch exists.
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize;
 
+    /// The same bound, knowing also how many `"` bytes the rows hold, for
+    /// a schema with a list field: a backend whose results grow with the
+    /// list's length (one vector per text) bounds the length by it.
+    fn result_bytes_bound_quoted(&self, rows: usize, input_bytes: usize, quotes: usize) -> usize {
+        let _ = quotes;
+        self.result_bytes_bound(rows, input_bytes)
+    }
+
     /// What identifies the model's files (a hash), for resume checks;
     /// empty for a model with none.
     fn fingerprint(&self) -> String {

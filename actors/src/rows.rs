@@ -44,13 +44,35 @@ pub struct FieldSpec {
     pub required: bool,
 }
 
-/// The type a field's value must have.
+/// The type a field's value must have. `null` counts as absent for all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldKind {
     /// A JSON string, stored decoded.
     String,
     /// Any JSON value, stored as its JSON text.
     Json,
+    /// `true` or `false`, stored as that text.
+    Bool,
+    /// A list of strings, checked (UTF-8, no lone surrogates) and stored
+    /// as its JSON text.
+    StringList,
+    /// This exact string.
+    Literal(&'static str),
+    /// Refused when present (not null); the text says why.
+    Refused(&'static str),
+}
+
+impl FieldKind {
+    fn expected(self) -> String {
+        match self {
+            FieldKind::String => "a string".into(),
+            FieldKind::Json => "a value".into(),
+            FieldKind::Bool => "true or false".into(),
+            FieldKind::StringList => "a list of strings".into(),
+            FieldKind::Literal(v) => format!("{v:?}"),
+            FieldKind::Refused(_) => "nothing".into(),
+        }
+    }
 }
 
 impl RequestSchema {
@@ -74,15 +96,23 @@ impl RequestSchema {
         }
     }
 
+    /// Whether a field is a list (results may grow with its length).
+    pub fn has_lists(&self) -> bool {
+        self.fields.iter().any(|f| f.kind == FieldKind::StringList)
+    }
+
     /// One line per field, for `stook backends`.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
             .fields
             .iter()
             .map(|f| {
+                if let FieldKind::Refused(why) = f.kind {
+                    return format!("\"{}\": refused ({why})", f.name);
+                }
                 let kind = match f.kind {
-                    FieldKind::String => "a string",
-                    FieldKind::Json => "any JSON value",
+                    FieldKind::Json => "any JSON value".into(),
+                    k => k.expected(),
                 };
                 let need = if f.required { "required" } else { "optional" };
                 format!("\"{}\": {kind} ({need})", f.name)
@@ -270,13 +300,13 @@ pub fn parse_row<'a>(line: &'a [u8], schema: &RequestSchema) -> Result<ParsedRow
     let mut out = Vec::with_capacity(values.len());
     for (spec, v) in schema.fields.iter().zip(values) {
         if v.is_none() && spec.required {
-            let kind = match spec.kind {
-                FieldKind::String => "a string",
-                FieldKind::Json => "a value",
-            };
             return Err(RowProblem {
                 column: None,
-                message: format!("missing field \"{}\" (expected {kind})", spec.name),
+                message: format!(
+                    "missing field \"{}\" (expected {})",
+                    spec.name,
+                    spec.kind.expected()
+                ),
             });
         }
         out.push(v);
@@ -350,6 +380,50 @@ impl<'de> Visitor<'de> for RowSeed<'_> {
                 FieldKind::Json => {
                     let raw: &'de RawValue = map.next_value()?;
                     (raw.get() != "null").then_some(Cow::Borrowed(raw.get()))
+                }
+                FieldKind::Bool => map
+                    .next_value::<Option<bool>>()
+                    .map_err(|e| field_error::<A>(&fields[i].name, e))?
+                    .map(|b| Cow::Borrowed(if b { "true" } else { "false" })),
+                FieldKind::StringList => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    if raw.get() == "null" {
+                        None
+                    } else {
+                        serde_json::from_str::<Vec<StrSeed>>(raw.get()).map_err(|e| {
+                            let msg = e.to_string();
+                            let msg = msg.find(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
+                            de::Error::custom(format_args!(
+                                "field \"{}\": {msg} (expected a list of strings)",
+                                fields[i].name
+                            ))
+                        })?;
+                        Some(Cow::Borrowed(raw.get()))
+                    }
+                }
+                FieldKind::Literal(want) => {
+                    let v = map
+                        .next_value::<Option<StrSeed>>()
+                        .map_err(|e| field_error::<A>(&fields[i].name, e))?;
+                    match v {
+                        Some(s) if s.0 != want => {
+                            return Err(de::Error::custom(format_args!(
+                                "field \"{}\": expected {want:?}, found {:?}",
+                                fields[i].name, s.0
+                            )))
+                        }
+                        v => v.map(|s| s.0),
+                    }
+                }
+                FieldKind::Refused(why) => {
+                    let raw: &'de RawValue = map.next_value()?;
+                    if raw.get() != "null" {
+                        return Err(de::Error::custom(format_args!(
+                            "field \"{}\" is not accepted: {why}",
+                            fields[i].name
+                        )));
+                    }
+                    None
                 }
             };
         }
@@ -457,6 +531,48 @@ mod tests {
         assert!(parse_row(deep.as_bytes(), &text_schema()).is_ok());
         let unclosed = format!("{{\"text\":\"a\",\"d\":{}}}", "[".repeat(100_000));
         assert!(parse_row(unclosed.as_bytes(), &text_schema()).is_err());
+    }
+
+    #[test]
+    fn typed_kinds_check_their_values() {
+        let field = |name: &str, kind, required| FieldSpec {
+            name: name.into(),
+            kind,
+            required,
+        };
+        let schema = RequestSchema {
+            fields: vec![
+                field("texts", FieldKind::StringList, true),
+                field("flag", FieldKind::Bool, false),
+                field("type", FieldKind::Literal("embedding"), true),
+                field("images", FieldKind::Refused("no images"), false),
+            ],
+            keep_raw: false,
+        };
+        let ok = parse_row(
+            br#"{"texts": ["a", "\u00e9"], "flag": false, "type": "embedding", "images": null}"#,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(ok.values[0].as_deref(), Some(r#"["a", "\u00e9"]"#));
+        assert_eq!(ok.values[1].as_deref(), Some("false"));
+        let err = |line: &str| parse_row(line.as_bytes(), &schema).unwrap_err().message;
+        assert!(err(r#"{"texts": ["a", 1], "type": "embedding"}"#)
+            .starts_with("field \"texts\": invalid type: integer `1`, expected a string"));
+        assert!(err(r#"{"texts": ["\ud800"], "type": "embedding"}"#).contains("texts"));
+        assert!(err(r#"{"texts": [], "flag": 1, "type": "embedding"}"#).contains("field \"flag\""));
+        assert_eq!(
+            err(r#"{"texts": [], "type": "image"}"#),
+            "field \"type\": expected \"embedding\", found \"image\""
+        );
+        assert_eq!(
+            err(r#"{"texts": [], "type": "embedding", "images": ["x"]}"#),
+            "field \"images\" is not accepted: no images"
+        );
+        assert_eq!(
+            err(r#"{"type": "embedding"}"#),
+            "missing field \"texts\" (expected a list of strings)"
+        );
     }
 
     #[test]

@@ -483,7 +483,10 @@ impl Scheduler {
 
 /// The store room a batch's output may need.
 fn output_room(backend: &dyn Backend, plan: &BatchPlan) -> usize {
-    output_bound(plan.rows, backend.result_bytes_bound(plan.rows, plan.bytes))
+    output_bound(
+        plan.rows,
+        backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes),
+    )
 }
 
 impl Actor for Scheduler {

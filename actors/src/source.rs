@@ -322,11 +322,15 @@ impl Source {
     fn cut_feed(&mut self) -> Option<BatchPlan> {
         let feed = self.feed.as_mut()?;
         let mut buf = Vec::new();
-        let (mut rows, mut bytes) = (0usize, 0usize);
+        let (mut rows, mut bytes, mut quotes) = (0usize, 0usize, 0usize);
+        let count_quotes = self.cfg.schema.has_lists();
         while rows < self.cfg.batch_size {
             let Some(row) = feed.next() else { break };
             if row.len() <= self.cfg.limits.max_line_bytes {
                 bytes += row.len();
+                if count_quotes {
+                    quotes += memchr::memchr_iter(b'"', &row).count();
+                }
             }
             buf.extend_from_slice(&row);
             buf.push(b'\n');
@@ -341,7 +345,7 @@ impl Source {
         );
         self.pulled.insert(self.next_index, buf);
         self.next_line += rows as u64;
-        Some(self.next_plan(rows, bytes, lines, 0, range))
+        Some(self.next_plan(rows, (bytes, quotes), lines, 0, range))
     }
 
     /// The plan of the next batch, `rows` rows from the current one on;
@@ -349,7 +353,7 @@ impl Source {
     fn next_plan(
         &mut self,
         rows: usize,
-        bytes: usize,
+        (bytes, quotes): (usize, usize),
         lines: (u64, u64),
         blank_lines: u64,
         range: (usize, usize),
@@ -359,6 +363,7 @@ impl Source {
             first_row: self.next_row,
             rows,
             bytes,
+            quotes,
             lines,
             blank_lines,
             range,
@@ -375,6 +380,7 @@ impl Source {
         let mut lines = Lines::new(self.input.bytes(), self.pos, self.next_line);
         let (first_pos, first_line) = (self.pos, self.next_line);
         let (mut rows, mut bytes, mut blank, mut last) = (0usize, 0usize, 0u64, first_line);
+        let (count_quotes, mut quotes) = (self.cfg.schema.has_lists(), 0usize);
         while rows < self.cfg.batch_size {
             let Some(line) = lines.next() else { break };
             last = line.number;
@@ -385,6 +391,9 @@ impl Source {
             rows += 1;
             if line.bytes.len() <= self.cfg.limits.max_line_bytes {
                 bytes += line.bytes.len();
+                if count_quotes {
+                    quotes += memchr::memchr_iter(b'"', line.bytes).count();
+                }
             }
         }
         // Blank lines after the last row make no batch of their own: the
@@ -396,7 +405,7 @@ impl Source {
         self.pos = lines.position();
         self.next_line = lines.next_number();
         let range = (first_pos, self.pos);
-        Some(self.next_plan(rows, bytes, (first_line, last), blank, range))
+        Some(self.next_plan(rows, (bytes, quotes), (first_line, last), blank, range))
     }
 
     fn produce(

@@ -14,17 +14,21 @@
 //! `{"id":…,"embedding":[…]}`, each float the shortest text that reads back
 //! as the same f32.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
+use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
+use super::bert::Bert;
+use super::sheaf;
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
 
@@ -55,6 +59,47 @@ pub struct EmbeddingOptions {
     /// texts go many to a pass, long ones few, so little is padding.
     #[serde(default = "default_micro_tokens")]
     pub micro_batch_tokens: usize,
+    /// The weights' float type on the device: `f32` (default), or `f16` /
+    /// `bf16` (GPUs; vectors are pooled and written as f32 either way).
+    #[serde(default)]
+    pub dtype: Precision,
+    /// The request and response shapes: `text` or `sheaf`.
+    #[serde(default)]
+    pub schema: Schema,
+}
+
+/// `[model.options] schema`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schema {
+    /// `{"id": …, "text": "…"}` → `{"id": …, "embedding": […]}`.
+    #[default]
+    Text,
+    /// sheaf-serve's EmbeddingRequest → EmbeddingResponse lines.
+    Sheaf,
+}
+
+/// `[model.options] dtype`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl Precision {
+    fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::F16 => DType::F16,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
 }
 
 fn default_text() -> String {
@@ -225,13 +270,31 @@ fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
 
 impl Backend for Embedding {
     fn schema(&self) -> RequestSchema {
-        RequestSchema::text_with_id(&self.opts.text_field, &self.opts.id_field)
+        match self.opts.schema {
+            Schema::Text => RequestSchema::text_with_id(&self.opts.text_field, &self.opts.id_field),
+            Schema::Sheaf => sheaf::schema(),
+        }
     }
 
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize {
-        // `{"id":…,"embedding":[…]}`: at most 16 bytes a float (sign, 9
-        // digits, point, exponent) and a comma.
-        rows * (32 + self.folder.dim * 17) + input_bytes
+        // Each string in a list takes at least 3 bytes (`"",`).
+        self.result_bytes_bound_quoted(rows, input_bytes, input_bytes * 2 / 3)
+    }
+
+    fn result_bytes_bound_quoted(&self, rows: usize, input_bytes: usize, quotes: usize) -> usize {
+        match self.opts.schema {
+            // `{"id":…,"embedding":[…]}`: at most 17 bytes a float
+            // ([`push_f32`]) and a comma.
+            Schema::Text => rows * (32 + self.folder.dim * 18) + input_bytes,
+            // Every valid request has 5 strings besides its texts (keys
+            // texts, model_name, model_type; values of the last two), each
+            // text 2 quotes; a float is at most 23 bytes and ", ". Echoed
+            // strings grow at most 6× when escaped (`\u0001`).
+            Schema::Sheaf => {
+                let texts = quotes.saturating_sub(10 * rows) / 2;
+                rows * 160 + 6 * input_bytes + texts * (4 + self.folder.dim * 25)
+            }
+        }
     }
 
     fn fingerprint(&self) -> String {
@@ -265,9 +328,11 @@ impl Backend for Embedding {
         let weights = self.folder.dir.join("model.safetensors");
         // SAFETY: the weights file is mapped read-only; it must not change
         // while stook runs (its checksum is in the manifest's fingerprint).
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &dev) }
-            .map_err(model_error("model.safetensors"))?;
-        let bert = BertModel::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))?;
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights], self.opts.dtype.dtype(), &dev)
+        }
+        .map_err(model_error("model.safetensors"))?;
+        let bert = Bert::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))?;
         let mut tokenizer = Tokenizer::from_file(self.folder.dir.join("tokenizer.json"))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
         // The folder's tokenizer.json fixes padding and truncation at 128;
@@ -283,6 +348,7 @@ impl Backend for Embedding {
             }))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
         Ok(Arc::new(EmbeddingModel {
+            schema: self.opts.schema,
             bert,
             tokenizer,
             device: dev,
@@ -294,7 +360,8 @@ impl Backend for Embedding {
 }
 
 struct EmbeddingModel {
-    bert: BertModel,
+    schema: Schema,
+    bert: Bert,
     tokenizer: Tokenizer,
     device: candle_core::Device,
     folder: ModelFolder,
@@ -348,15 +415,14 @@ impl EmbeddingModel {
                 .max(1);
             let n = chunk.len();
             let mut ids = vec![0u32; n * len];
-            let mut mask = vec![0u32; n * len];
+            let mut lens = Vec::with_capacity(n);
             for (r, &i) in chunk.iter().enumerate() {
-                for (c, &t) in encodings[i].get_ids().iter().enumerate() {
-                    ids[r * len + c] = t;
-                    mask[r * len + c] = 1;
-                }
+                let t = encodings[i].get_ids();
+                ids[r * len..r * len + t.len()].copy_from_slice(t);
+                lens.push(t.len());
             }
             let vectors = self
-                .forward(ids, mask, n, len)
+                .forward(&ids, &lens, len)
                 .map_err(model_error("forward"))?;
             for (r, &i) in chunk.iter().enumerate() {
                 out[i] = vectors[r].clone();
@@ -365,20 +431,24 @@ impl EmbeddingModel {
         Ok(out)
     }
 
+    /// Pooled (and normalised) vectors of one padded pass.
     fn forward(
         &self,
-        ids: Vec<u32>,
-        mask: Vec<u32>,
-        n: usize,
+        ids: &[u32],
+        lens: &[usize],
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let n = lens.len();
+        // Pooling sums over tokens: in f32 whatever the model's dtype.
+        let hidden = self.bert.forward(ids, lens, len)?.to_dtype(DType::F32)?; // (n, len, dim)
+        let mut mask = vec![0f32; n * len];
+        for (r, &l) in lens.iter().enumerate() {
+            mask[r * len..r * len + l].fill(1.0);
+        }
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let types = ids.zeros_like()?;
-        let hidden = self.bert.forward(&ids, &types, Some(&mask))?; // (n, len, dim)
         let pooled = match self.folder.pooling {
             Pooling::Mean => {
-                let m = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
+                let m = mask.unsqueeze(2)?; // (n, len, 1)
                 let summed = hidden.broadcast_mul(&m)?.sum(1)?; // (n, dim)
                 let counts = m.sum(1)?.clamp(1e-9, f64::MAX)?; // (n, 1)
                 summed.broadcast_div(&counts)?
@@ -401,34 +471,125 @@ impl EmbeddingModel {
 
 impl Model for EmbeddingModel {
     fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+        match self.schema {
+            Schema::Text => self.predict_text(batch, out),
+            Schema::Sheaf => self.predict_sheaf(batch, out),
+        }
+    }
+}
+
+/// The first non-finite value in `vectors`, by index.
+fn non_finite(vectors: &[Vec<f32>]) -> Option<(usize, f32)> {
+    vectors
+        .iter()
+        .enumerate()
+        .find_map(|(i, v)| v.iter().find(|x| !x.is_finite()).map(|x| (i, *x)))
+}
+
+/// Appends `x` as the shortest text that reads back as the same f32:
+/// positional between 1e-5 and 1e16, else with an exponent, so at most 17
+/// bytes (`-0.0000123456789`, `-1.1754944e-38`).
+fn push_f32(line: &mut String, x: f32) {
+    let a = x.abs();
+    if a != 0.0 && !(1e-5..1e16).contains(&a) {
+        let _ = write!(line, "{x:e}");
+    } else {
+        let _ = write!(line, "{x}");
+    }
+}
+
+impl EmbeddingModel {
+    fn predict_text(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
         let texts: Vec<&str> = (0..batch.len())
             .map(|i| batch.field(0, i).unwrap_or_default())
             .collect();
         let vectors = self.embed(&texts)?;
-        for (i, v) in vectors.iter().enumerate() {
-            if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+        if let Some((i, bad)) = non_finite(&vectors) {
+            return Err(ModelError::for_row(
+                batch.row(i),
+                format!("the model produced {bad}"),
+            ));
+        }
+        // Printing floats is the costly part of a result: on every core.
+        let lines: Vec<String> = vectors
+            .par_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let mut line = String::with_capacity(16 + v.len() * 12);
+                if let Some(id) = batch.field(1, i) {
+                    line.push_str("{\"id\":");
+                    line.push_str(id);
+                    line.push_str(",\"embedding\":[");
+                } else {
+                    line.push_str("{\"embedding\":[");
+                }
+                for (k, &x) in v.iter().enumerate() {
+                    if k > 0 {
+                        line.push(',');
+                    }
+                    push_f32(&mut line, x);
+                }
+                line.push_str("]}");
+                line
+            })
+            .collect();
+        for (i, line) in lines.iter().enumerate() {
+            out.push(batch.row(i), line);
+        }
+        Ok(())
+    }
+
+    /// sheaf-serve's EmbeddingRequest lines: every text of every row in
+    /// one sorted run through the model, then one response per row.
+    fn predict_sheaf(
+        &self,
+        batch: &RequestBatch,
+        out: &mut ResultWriter,
+    ) -> Result<(), ModelError> {
+        let mut lists = Vec::with_capacity(batch.len());
+        for i in 0..batch.len() {
+            let raw = batch.field(sheaf::TEXTS, i).unwrap_or("[]");
+            let texts: Vec<String> = serde_json::from_str(raw)
+                .map_err(|e| ModelError::for_row(batch.row(i), format!("field \"texts\": {e}")))?;
+            lists.push(texts);
+        }
+        let flat: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
+        let vectors = self.embed(&flat)?;
+        let mut rows_vectors = Vec::with_capacity(batch.len());
+        let mut it = vectors.into_iter();
+        for (i, texts) in lists.iter().enumerate() {
+            let mut vs: Vec<Vec<f32>> = it.by_ref().take(texts.len()).collect();
+            if let Some((_, bad)) = non_finite(&vs) {
                 return Err(ModelError::for_row(
                     batch.row(i),
                     format!("the model produced {bad}"),
                 ));
             }
-            let id = batch.field(1, i);
-            out.push_with(batch.row(i), |w| {
-                w.write_char('{')?;
-                if let Some(id) = id {
-                    write!(w, "\"id\":{id},")?;
+            // sentence-transformers' normalize_embeddings: L2 after the
+            // model's own modules (a no-op when they normalise already).
+            let normalize = batch.field(sheaf::NORMALIZE, i) != Some("false");
+            if normalize && !self.folder.normalize {
+                for v in &mut vs {
+                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    v.iter_mut().for_each(|x| *x /= n);
                 }
-                w.write_str("\"embedding\":[")?;
-                for (k, x) in v.iter().enumerate() {
-                    if k > 0 {
-                        w.write_char(',')?;
-                    }
-                    // Rust prints the shortest text that reads back as the same f32.
-                    write!(w, "{x}")?;
-                }
-                w.write_str("]}")
+            }
+            rows_vectors.push(vs);
+        }
+        let lines: Vec<String> = rows_vectors
+            .par_iter()
+            .enumerate()
+            .map(|(i, vs)| {
+                let id = match batch.field(sheaf::REQUEST_ID, i) {
+                    Some(id) => id.to_string(),
+                    None => sheaf::request_id(batch.input_key(), batch.row(i)),
+                };
+                let name = batch.field(sheaf::MODEL_NAME, i).unwrap_or_default();
+                sheaf::response(&id, name, vs, self.folder.dim)
             })
-            .map_err(|_| ModelError::new("formatting a result failed"))?;
+            .collect();
+        for (i, line) in lines.iter().enumerate() {
+            out.push(batch.row(i), line);
         }
         Ok(())
     }

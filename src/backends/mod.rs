@@ -1,7 +1,10 @@
 //! Built-in backends. Each registers through the same path a host uses.
 
+mod bert;
 pub mod echo;
 pub mod embedding;
+mod kernels;
+mod sheaf;
 pub mod synthetic;
 
 use crate::registry::BackendRegistry;
