@@ -2,8 +2,8 @@
 # stook's embedding backend against sentence-transformers, in one run, on
 # the same corpus (../shared/data/fortunes-4000.jsonl.gz, or $CORPUS):
 # sentence-transformers `encode` (PyTorch CPU, 2 threads, batch 64) and
-# `stook run` end to end (JSONL in, JSONL out). Prints sentences/s, the
-# ratio, and each one's peak RSS. Installs sentence-transformers from PyPI
+# `stook run` end to end (JSONL in, JSONL out), and each model's forward
+# alone (pre-tokenized). Prints sentences/s, the ratios, and peak RSS. Installs sentence-transformers from PyPI
 # into .venv-st the first time (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +30,18 @@ m.encode(texts[:64], batch_size=64)  # warm-up
 t = time.perf_counter()
 m.encode(texts, batch_size=64)
 s = time.perf_counter() - t
-print(json.dumps({"seconds": s, "rows": len(texts),
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# The model's forward alone: pre-tokenized, length-sorted batches of 64.
+tok, bert = m.tokenizer, m[0].auto_model.eval()
+order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+batches = [tok([texts[i] for i in order[k:k + 64]], padding=True, truncation=True,
+               max_length=256, return_tensors="pt") for k in range(0, len(texts), 64)]
+with torch.inference_mode():
+    t = time.perf_counter()
+    for b in batches:
+        bert(**b)
+    f = time.perf_counter() - t
+print(json.dumps({"seconds": s, "rows": len(texts), "forward_seconds": f, "peak_rss_bytes": rss}))
 PY
 
 cat > "$work/job.toml" <<TOML
@@ -50,12 +60,15 @@ num_actors = 1
 object_store = "256MiB"
 TOML
 ./target/release/stook run --fresh --json "$work/job.toml" > "$work/stook.json"
+./target/release/stook bench stages --json --input "$work/input.jsonl" --batch "${BATCH:-1024}" \
+  > "$work/stages.json"
 
 python3 - "$work" "$n" <<'PY'
 import json, sys
 work, n = sys.argv[1], int(sys.argv[2])
 st = json.load(open(f"{work}/st.json"))
 sk = json.load(open(f"{work}/stook.json"))
+sg = json.load(open(f"{work}/stages.json"))
 st_rate = st["rows"] / st["seconds"]
 sk_rate = sk["rows_per_second"]
 floor = 480.0  # the 2-core compute floor for this model and corpus (see README)
@@ -64,4 +77,9 @@ print("| system | sentences/s | × sentence-transformers | × compute floor (480
 print("| --- | ---: | ---: | ---: | ---: |")
 print(f"| sentence-transformers encode (PyTorch CPU, 2 threads, batch 64) | {st_rate:.0f} | 1.00 | {st_rate/floor:.2f} | {st['peak_rss_bytes']/2**20:.0f} MiB |")
 print(f"| stook run, embedding backend (candle, end to end) | {sk_rate:.0f} | {sk_rate/st_rate:.2f} | {sk_rate/floor:.2f} | {sk['peak_rss_bytes']/2**20:.0f} MiB |")
+pf = st["rows"] / st["forward_seconds"]
+print(f"| PyTorch forward alone (pre-tokenized, sorted, batch 64) | {pf:.0f} | {pf/st_rate:.2f} | {pf/floor:.2f} | |")
+sf = sg["texts"] / sg["forward"]
+print(f"| stook forward alone (stook bench stages) | {sf:.0f} | {sf/st_rate:.2f} | {sf/floor:.2f} | |")
+print(f"stook stages: tokenize {sg['tokenize']:.2f} s, forward {sg['forward']:.2f} s, format {sg['format']:.2f} s")
 PY

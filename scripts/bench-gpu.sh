@@ -32,7 +32,6 @@ run() { # name dtype actors
 path = "input.jsonl"
 [output]
 path = "out-$1"
-assemble = "results-$1.jsonl"
 [model]
 backend = "embedding"
 [model.options]
@@ -50,6 +49,8 @@ TOML
   "$stook" run --fresh --json "$work/$1.toml" > "$work/$1.json"
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"stook {sys.argv[2]:<10} {r['rows']} rows {r['wall_seconds']:.2f} s {r['rows_per_second']:.0f} sentences/s devices {r['devices']} peak RSS {r['peak_rss_bytes']/2**20:.0f} MiB\")" "$work/$1.json" "$1"
 }
+"$stook" bench stages --input "$work/input.jsonl" --model "$model" --device cuda:0 --dtype f16 \
+  --batch 4096 --micro-batch 512 --micro-batch-tokens 65536
 run f16-1 f16 1
 run f16-2 f16 2
 run f16-4 f16 4
@@ -89,7 +90,7 @@ few = [json.loads(l)["text"] for l in open(small, encoding="utf-8")]
 ref = torch.tensor(st32.encode(few, batch_size=256))
 for name in ["f16-1", "f16-2", "bf16-2", "f32-2"]:
     got = []
-    with open(f"{work}/results-{name}.jsonl") as f:
+    with open(f"{work}/out-{name}/part-00000.jsonl") as f:
         for l in f:
             got.append(json.loads(l)["embedding"])
             if len(got) == len(few): break

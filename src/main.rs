@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stook::bench::{self, BackpressureBench, CheckpointBench, PipelineBench};
+use stook::bench::{self, BackpressureBench, CheckpointBench, PipelineBench, StagesBench};
 use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError, Worker};
 
 mod worker_env;
@@ -92,6 +92,8 @@ enum BenchCommand {
     Checkpoint(CheckpointBench),
     /// A fast source over a slow model within a memory budget.
     Backpressure(BackpressureBench),
+    /// The embedding backend's stages alone: tokenizer, forward, writer.
+    Stages(StagesBench),
 }
 
 fn main() -> ExitCode {
@@ -129,6 +131,7 @@ fn main() -> ExitCode {
                 BenchCommand::Pipeline(args) => bench::pipeline(&args),
                 BenchCommand::Checkpoint(args) => bench::checkpoint(&args),
                 BenchCommand::Backpressure(args) => bench::backpressure(&args),
+                BenchCommand::Stages(args) => bench::stages(&args),
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,

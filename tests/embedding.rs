@@ -283,3 +283,27 @@ fn sheaf_requests_that_sheaf_would_misread_are_refused_with_line_and_field() {
         assert!(e.contains(want), "{e}");
     }
 }
+
+#[test]
+fn the_stage_benchmark_times_tokenizer_forward_and_writer_apart() {
+    let o = std::process::Command::new(stook_bin())
+        .args(["bench", "stages", "--json", "--batch", "64", "--input"])
+        .arg(fixture("sentences.jsonl"))
+        .arg("--model")
+        .arg(model_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["texts"], 210);
+    for k in ["load", "tokenize", "forward", "format"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    let o = std::process::Command::new(stook_bin())
+        .args(["bench", "stages", "--device", "gpu", "--input"])
+        .arg(fixture("sentences.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--device: expected cpu or cuda:N"));
+}

@@ -25,7 +25,7 @@ use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
-use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::bert::Bert;
 use super::sheaf;
@@ -317,6 +317,12 @@ impl Backend for Embedding {
     }
 
     fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError> {
+        Ok(Arc::new(self.load_model(device)?))
+    }
+}
+
+impl Embedding {
+    fn load_model(&self, device: &Device) -> Result<EmbeddingModel, ModelError> {
         let dev = match device {
             Device::Cpu => candle_core::Device::Cpu,
             Device::Cuda(i) => candle_core::Device::new_cuda(*i as usize).map_err(|e| {
@@ -347,7 +353,7 @@ impl Backend for Embedding {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
-        Ok(Arc::new(EmbeddingModel {
+        Ok(EmbeddingModel {
             schema: self.opts.schema,
             bert,
             tokenizer,
@@ -355,7 +361,7 @@ impl Backend for Embedding {
             folder: self.folder.clone(),
             micro_batch: self.opts.micro_batch,
             micro_tokens: self.opts.micro_batch_tokens,
-        }))
+        })
     }
 }
 
@@ -394,10 +400,20 @@ fn passes(
 impl EmbeddingModel {
     /// Embeddings of `texts`, in order.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let encodings = self
-            .tokenizer
+        self.embed_encoded(&self.tokenize(texts)?)
+    }
+
+    /// Token ids of `texts` (truncated, not padded).
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
+        self.tokenizer
             .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ModelError::new(format!("tokenizing: {e}")))?;
+            .map_err(|e| ModelError::new(format!("tokenizing: {e}")))
+    }
+
+    /// Embeddings of tokenized texts, in order: sorted by length and cut
+    /// into passes padded to their own longest.
+    fn embed_encoded(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let texts = encodings;
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
         let mut out = vec![Vec::new(); texts.len()];
@@ -498,6 +514,96 @@ fn push_f32(line: &mut String, x: f32) {
     }
 }
 
+/// `{"id":…,"embedding":[…]}` (no id key when the row has none).
+fn text_line(id: Option<&str>, v: &[f32]) -> String {
+    let mut line = String::with_capacity(32 + v.len() * 12);
+    if let Some(id) = id {
+        line.push_str("{\"id\":");
+        line.push_str(id);
+        line.push_str(",\"embedding\":[");
+    } else {
+        line.push_str("{\"embedding\":[");
+    }
+    for (k, &x) in v.iter().enumerate() {
+        if k > 0 {
+            line.push(',');
+        }
+        push_f32(&mut line, x);
+    }
+    line.push_str("]}");
+    line
+}
+
+/// Seconds each stage of the backend took over the same texts, alone.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StageTimes {
+    /// Texts.
+    pub texts: usize,
+    /// Loading the model.
+    pub load: f64,
+    /// Tokenizing every text.
+    pub tokenize: f64,
+    /// The model alone on the tokenized texts: padding, forward passes,
+    /// pooling, normalisation, vectors back to the host.
+    pub forward: f64,
+    /// Printing every vector as a result line, on every core.
+    pub format: f64,
+}
+
+/// Times the backend's stages one after another over `texts`, in batches of
+/// `batch` texts, on `device`: what the model's forward alone reaches, and
+/// the tokenizer's and the writer's shares.
+pub fn stage_times(
+    options: &BackendOptions,
+    device: &Device,
+    texts: &[String],
+    batch: usize,
+) -> Result<StageTimes, ModelError> {
+    let said = |p: &ConfigProblem| format!("{}: {}", p.key, p.message);
+    let opts: EmbeddingOptions = options
+        .parse()
+        .map_err(|ps| ModelError::new(ps.iter().map(said).collect::<Vec<_>>().join("; ")))?;
+    let folder = ModelFolder::read(&opts.path, &opts).map_err(|p| ModelError::new(said(&p)))?;
+    let t = std::time::Instant::now();
+    let model = Embedding { opts, folder }.load_model(device)?;
+    let load = t.elapsed().as_secs_f64();
+    let chunks: Vec<Vec<&str>> = texts
+        .chunks(batch.max(1))
+        .map(|c| c.iter().map(String::as_str).collect())
+        .collect();
+    let t = std::time::Instant::now();
+    let encoded = chunks
+        .iter()
+        .map(|c| model.tokenize(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let tokenize = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let vectors = encoded
+        .iter()
+        .map(|e| model.embed_encoded(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let forward = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let mut bytes = 0usize;
+    for vs in &vectors {
+        let lines: Vec<String> = vs
+            .par_iter()
+            .enumerate()
+            .map(|(i, v)| text_line(Some(&i.to_string()), v))
+            .collect();
+        bytes += lines.iter().map(String::len).sum::<usize>();
+    }
+    let format = t.elapsed().as_secs_f64();
+    std::hint::black_box(bytes);
+    Ok(StageTimes {
+        texts: texts.len(),
+        load,
+        tokenize,
+        forward,
+        format,
+    })
+}
+
 impl EmbeddingModel {
     fn predict_text(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
         let texts: Vec<&str> = (0..batch.len())
@@ -514,24 +620,7 @@ impl EmbeddingModel {
         let lines: Vec<String> = vectors
             .par_iter()
             .enumerate()
-            .map(|(i, v)| {
-                let mut line = String::with_capacity(16 + v.len() * 12);
-                if let Some(id) = batch.field(1, i) {
-                    line.push_str("{\"id\":");
-                    line.push_str(id);
-                    line.push_str(",\"embedding\":[");
-                } else {
-                    line.push_str("{\"embedding\":[");
-                }
-                for (k, &x) in v.iter().enumerate() {
-                    if k > 0 {
-                        line.push(',');
-                    }
-                    push_f32(&mut line, x);
-                }
-                line.push_str("]}");
-                line
-            })
+            .map(|(i, v)| text_line(batch.field(1, i), v))
             .collect();
         for (i, line) in lines.iter().enumerate() {
             out.push(batch.row(i), line);

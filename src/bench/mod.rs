@@ -3,11 +3,13 @@
 //!
 //! - [`pipeline`]: the echo pipeline against a plain serde_json loop;
 //! - [`checkpoint`]: what shard commits cost, and the work a stop loses;
-//! - [`backpressure`]: a fast source over a slow model within a budget.
+//! - [`backpressure`]: a fast source over a slow model within a budget;
+//! - [`stages`]: the embedding backend's stages alone (forward, tokenizer, writer).
 
 pub mod backpressure;
 pub mod checkpoint;
 pub mod pipeline;
+pub mod stages;
 
 use std::fmt::Write as _;
 use std::io::{BufWriter, Write};
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 pub use backpressure::{backpressure, BackpressureBench};
 pub use checkpoint::{checkpoint, CheckpointBench};
 pub use pipeline::{pipeline, PipelineBench};
+pub use stages::{stages, StagesBench};
 
 use crate::config::{
     BatchConfig, CheckpointConfig, Compute, InputConfig, JobConfig, MemoryConfig, ModelConfig,
