@@ -6,8 +6,8 @@
 //! which is −inf in f16/bf16 and turns padded rows into NaN); query, key and
 //! value are one matrix product; activations stay (tokens, hidden) matrices
 //! (no broadcast products, no transposes around the projections); and on
-//! the CPU in f32, GELU and attention are the fused kernels of
-//! [`super::kernels`].
+//! the CPU in f32, attention, bias + GELU and bias + residual + layer norm
+//! are the fused kernels of [`super::kernels`].
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
@@ -26,6 +26,30 @@ struct Layer {
     up: Linear,
     down: Linear,
     out_norm: LayerNorm,
+    /// The CPU f32 kernels' copies of biases and norms, when they run.
+    fused: Option<Fused>,
+}
+
+/// A layer's fused steps after its three projections.
+struct Fused {
+    attn: kernels::AddNorm,
+    up: kernels::BiasGelu,
+    out: kernels::AddNorm,
+}
+
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.to_vec1()
+}
+
+/// `LayerNorm(y + linear's bias + residual)` as one kernel.
+fn add_norm(linear: &Linear, norm: &VarBuilder, eps: f64) -> Result<kernels::AddNorm> {
+    let h = linear.weight().dim(0)?;
+    Ok(kernels::AddNorm {
+        bias: linear.bias().map(host).transpose()?.unwrap_or(vec![0.0; h]),
+        gamma: host(&norm.get(h, "weight")?)?,
+        beta: host(&norm.get(h, "bias")?)?,
+        eps: eps as f32,
+    })
 }
 
 /// A loaded encoder.
@@ -75,13 +99,31 @@ impl Bert {
                 b.push(a.get(h, &format!("self.{part}.bias"))?);
             }
             let qkv = Linear::new(Tensor::cat(&w, 0)?, Some(Tensor::cat(&b, 0)?));
+            let attn_out = linear(h, h, a.pp("output.dense"))?;
+            let up = linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?;
+            let down = linear(cfg.intermediate_size, h, l.pp("output.dense"))?;
+            let fused = if vb.device().is_cpu()
+                && vb.dtype() == DType::F32
+                && cfg.hidden_act == HiddenAct::Gelu
+            {
+                Some(Fused {
+                    attn: add_norm(&attn_out, &a.pp("output.LayerNorm"), cfg.layer_norm_eps)?,
+                    up: kernels::BiasGelu {
+                        bias: up.bias().map(host).transpose()?.unwrap_or_default(),
+                    },
+                    out: add_norm(&down, &l.pp("output.LayerNorm"), cfg.layer_norm_eps)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 qkv,
-                attn_out: linear(h, h, a.pp("output.dense"))?,
+                attn_out,
                 attn_norm: layer_norm(h, cfg.layer_norm_eps, a.pp("output.LayerNorm"))?,
-                up: linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?,
-                down: linear(cfg.intermediate_size, h, l.pp("output.dense"))?,
+                up,
+                down,
                 out_norm: layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?,
+                fused,
             });
         }
         Ok(Bert {
@@ -136,12 +178,18 @@ impl Bert {
                 })?,
                 Some(bias) => self.attention(&qkv, bias, rows, len)?,
             };
+            if let Some(f) = &layer.fused {
+                let product = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
+                let a = product(&ctx, &layer.attn_out)?.apply_op2_no_bwd(&x, &f.attn)?;
+                let up = product(&a, &layer.up)?.apply_op1_no_bwd(&f.up)?;
+                x = product(&up, &layer.down)?.apply_op2_no_bwd(&a, &f.out)?;
+                continue;
+            }
             let a = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
             let up = layer.up.forward(&a)?;
             let up = match self.act {
-                HiddenAct::Gelu if self.fused() => up.apply_op1_no_bwd(&kernels::Gelu)?,
                 HiddenAct::Gelu => up.gelu_erf()?,
                 HiddenAct::GeluApproximate => up.gelu()?,
                 HiddenAct::Relu => up.relu()?,

@@ -1,14 +1,16 @@
 //! CPU kernels for the BERT encoder, in f32, where candle's generic ops
 //! spend the time: GELU with exact erf (candle calls scalar libm per
-//! element) and attention (candle materialises scores, mask and softmax
-//! as separate tensors, twice batch × heads × len²).
+//! element), attention (candle materialises scores, mask and softmax as
+//! separate tensors, twice batch × heads × len²), and the bias adds,
+//! residual adds and layer norms that would each be a pass over fresh
+//! memory (fused with their neighbours).
 //!
 //! Both are candle custom ops, so the encoder stays one tensor program.
 //! Both use branch-free polynomial erf and exp that the compiler turns
 //! into SIMD code; on x86-64 they run in an AVX2+FMA build of the same
 //! code when the CPU has it (an AVX-512 build measured slower here).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// erf(x), within 2e-7 of libm's: the rational approximation used by
@@ -71,12 +73,6 @@ macro_rules! simd_dispatch {
     };
 }
 
-simd_dispatch!(gelu_slice(src: &[f32], dst: &mut [f32]) {
-    for (d, &x) in dst.iter_mut().zip(src) {
-        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
-    }
-});
-
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(data) = storage else {
         candle_core::bail!("{op}: expected an f32 tensor");
@@ -87,22 +83,100 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// GELU with exact erf, as BERT's `gelu` (PyTorch's default).
-pub struct Gelu;
+simd_dispatch!(bias_gelu_row(src: &[f32], bias: &[f32], dst: &mut [f32]) {
+    for ((d, &x), &b) in dst.iter_mut().zip(src).zip(bias) {
+        let x = x + b;
+        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+});
 
-impl CustomOp1 for Gelu {
+/// GELU with exact erf (BERT's `gelu`, PyTorch's default) of a matrix
+/// product plus its bias, in one pass: input (tokens, n), bias (n).
+pub struct BiasGelu {
+    /// The projection's bias.
+    pub bias: Vec<f32>,
+}
+
+impl CustomOp1 for BiasGelu {
     fn name(&self) -> &'static str {
-        "gelu-erf-simd"
+        "bias-gelu-erf"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout, self.name())?;
+        let n = self.bias.len();
+        if n == 0 || src.len() % n != 0 {
+            candle_core::bail!("bias-gelu: {} values do not fit rows of {n}", src.len());
+        }
         let mut dst = vec![0f32; src.len()];
-        const CHUNK: usize = 1 << 14;
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| gelu_slice(s, d));
+        dst.par_chunks_mut(n)
+            .zip(src.par_chunks(n))
+            .for_each(|(d, s)| bias_gelu_row(s, &self.bias, d));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
+    }
+}
+
+simd_dispatch!(add_norm_row(
+    y: &[f32], residual: &[f32], op: &AddNorm, out: &mut [f32]
+) {
+    let n = out.len() as f32;
+    let mut sum = 0.0;
+    for (((o, &y), &r), &b) in out.iter_mut().zip(y).zip(residual).zip(&op.bias) {
+        *o = y + b + r;
+        sum += *o;
+    }
+    let mean = sum / n;
+    let mut var = 0.0;
+    for o in out.iter() {
+        var += (o - mean) * (o - mean);
+    }
+    let inv = 1.0 / (var / n + op.eps).sqrt();
+    for ((o, &g), &b) in out.iter_mut().zip(&op.gamma).zip(&op.beta) {
+        *o = (*o - mean) * inv * g + b;
+    }
+});
+
+/// `LayerNorm(y + bias + residual)` per row in one pass: a projection's
+/// bias, the residual connection and the layer norm after it.
+pub struct AddNorm {
+    /// The projection's bias.
+    pub bias: Vec<f32>,
+    /// The layer norm's scale.
+    pub gamma: Vec<f32>,
+    /// The layer norm's shift.
+    pub beta: Vec<f32>,
+    /// The layer norm's epsilon.
+    pub eps: f32,
+}
+
+impl CustomOp2 for AddNorm {
+    fn name(&self) -> &'static str {
+        "bias-residual-layernorm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = contiguous_f32(s1, l1, self.name())?;
+        let r = contiguous_f32(s2, l2, self.name())?;
+        let n = self.bias.len();
+        if n == 0 || y.len() != r.len() || y.len() % n != 0 {
+            candle_core::bail!(
+                "add-norm: shapes {:?} and {:?} do not fit rows of {n}",
+                l1.shape(),
+                l2.shape()
+            );
+        }
+        let mut out = vec![0f32; y.len()];
+        out.par_chunks_mut(n)
+            .zip(y.par_chunks(n))
+            .zip(r.par_chunks(n))
+            .for_each(|((o, y), r)| add_norm_row(y, r, self, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
