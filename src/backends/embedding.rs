@@ -413,10 +413,9 @@ impl EmbeddingModel {
     /// Embeddings of tokenized texts, in order: sorted by length and cut
     /// into passes padded to their own longest.
     fn embed_encoded(&self, encodings: &[Encoding]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let texts = encodings;
-        let mut order: Vec<usize> = (0..texts.len()).collect();
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
         order.sort_by_key(|&i| encodings[i].get_ids().len());
-        let mut out = vec![Vec::new(); texts.len()];
+        let mut out = vec![Vec::new(); encodings.len()];
         let lens: Vec<usize> = order
             .iter()
             .map(|&i| encodings[i].get_ids().len())
@@ -440,8 +439,8 @@ impl EmbeddingModel {
             let vectors = self
                 .forward(&ids, &lens, len)
                 .map_err(model_error("forward"))?;
-            for (r, &i) in chunk.iter().enumerate() {
-                out[i] = vectors[r].clone();
+            for (&i, v) in chunk.iter().zip(vectors) {
+                out[i] = v;
             }
         }
         Ok(out)
@@ -564,36 +563,43 @@ pub fn stage_times(
         .parse()
         .map_err(|ps| ModelError::new(ps.iter().map(said).collect::<Vec<_>>().join("; ")))?;
     let folder = ModelFolder::read(&opts.path, &opts).map_err(|p| ModelError::new(said(&p)))?;
-    let t = std::time::Instant::now();
-    let model = Embedding { opts, folder }.load_model(device)?;
-    let load = t.elapsed().as_secs_f64();
+    fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+        let t = std::time::Instant::now();
+        let r = f();
+        (r, t.elapsed().as_secs_f64())
+    }
+    let (model, load) = timed(|| Embedding { opts, folder }.load_model(device));
+    let model = model?;
     let chunks: Vec<Vec<&str>> = texts
         .chunks(batch.max(1))
         .map(|c| c.iter().map(String::as_str).collect())
         .collect();
-    let t = std::time::Instant::now();
-    let encoded = chunks
-        .iter()
-        .map(|c| model.tokenize(c))
-        .collect::<Result<Vec<_>, _>>()?;
-    let tokenize = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
-    let vectors = encoded
-        .iter()
-        .map(|e| model.embed_encoded(e))
-        .collect::<Result<Vec<_>, _>>()?;
-    let forward = t.elapsed().as_secs_f64();
-    let t = std::time::Instant::now();
-    let mut bytes = 0usize;
-    for vs in &vectors {
-        let lines: Vec<String> = vs
-            .par_iter()
-            .enumerate()
-            .map(|(i, v)| text_line(Some(&i.to_string()), v))
-            .collect();
-        bytes += lines.iter().map(String::len).sum::<usize>();
-    }
-    let format = t.elapsed().as_secs_f64();
+    let (encoded, tokenize) = timed(|| {
+        chunks
+            .iter()
+            .map(|c| model.tokenize(c))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let encoded = encoded?;
+    let (vectors, forward) = timed(|| {
+        encoded
+            .iter()
+            .map(|e| model.embed_encoded(e))
+            .collect::<Result<Vec<_>, _>>()
+    });
+    let vectors = vectors?;
+    let (bytes, format) = timed(|| {
+        let mut bytes = 0usize;
+        for vs in &vectors {
+            let lines: Vec<String> = vs
+                .par_iter()
+                .enumerate()
+                .map(|(i, v)| text_line(Some(&i.to_string()), v))
+                .collect();
+            bytes += lines.iter().map(String::len).sum::<usize>();
+        }
+        bytes
+    });
     std::hint::black_box(bytes);
     Ok(StageTimes {
         texts: texts.len(),
