@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== model (scripts/fetch-model.sh)"
 scripts/fetch-model.sh
+echo "== pyarrow for tests/formats.rs (scripts/pyarrow-env.sh: pip install pyarrow into .venv-arrow)"
+scripts/pyarrow-env.sh
 echo "== Slurm and munge for tests/slurm.rs (scripts/slurm-cluster.sh install: Debian packages, as root)"
 scripts/slurm-cluster.sh install
 echo "== cargo fmt --check"

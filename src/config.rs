@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use stook_actors::input::InputFormat;
+use stook_actors::parts::OutputFormat;
 
 /// A whole job.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -32,11 +34,39 @@ pub struct JobConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// A JSON Lines file.
+    /// A JSON Lines file (plain, `.gz` or `.zst`), a Parquet file or
+    /// directory of them, or an Arrow IPC file.
     pub path: PathBuf,
-    /// The longest line accepted.
+    /// The format, when the path's name does not say it.
+    #[serde(default)]
+    pub format: Option<FormatChoice>,
+    /// A table's columns to read (the others are not); all when unset.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// The longest line accepted (for a table: the most bytes one row's
+    /// fields may hold).
     #[serde(default = "default_max_line")]
     pub max_line_bytes: ByteSize,
+}
+
+/// `[input] format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FormatChoice(pub InputFormat);
+
+impl TryFrom<String> for FormatChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        InputFormat::parse(&s)
+            .map(FormatChoice)
+            .ok_or_else(|| format!("expected one of {}, found {s:?}", InputFormat::NAMES))
+    }
+}
+
+impl From<FormatChoice> for String {
+    fn from(f: FormatChoice) -> String {
+        f.0.name().into()
+    }
 }
 
 /// `[output]`: where results go.
@@ -51,6 +81,29 @@ pub struct OutputConfig {
     /// One file to assemble the parts into once every shard is committed.
     #[serde(default)]
     pub assemble: Option<PathBuf>,
+    /// The part files' format.
+    #[serde(default)]
+    pub format: OutputFormatChoice,
+}
+
+/// `[output] format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct OutputFormatChoice(pub OutputFormat);
+
+impl TryFrom<String> for OutputFormatChoice {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        OutputFormat::parse(&s)
+            .map(OutputFormatChoice)
+            .ok_or_else(|| format!("expected one of {}, found {s:?}", OutputFormat::NAMES))
+    }
+}
+
+impl From<OutputFormatChoice> for String {
+    fn from(f: OutputFormatChoice) -> String {
+        f.0.name().into()
+    }
 }
 
 /// `[model]`: which backend, with its own options.
@@ -377,6 +430,18 @@ impl JobConfig {
                 ));
             }
         }
+        if let Some(o) = &output {
+            if o.assemble.is_some() && o.format.0 != OutputFormat::Jsonl {
+                problems.push(ConfigProblem::new(
+                    "output.assemble",
+                    format!(
+                        "assembles JSON Lines parts only; with output.format = {:?} read the \
+                         part files as one dataset (pyarrow.dataset, DuckDB, Spark read a directory)",
+                        o.format.0.name()
+                    ),
+                ));
+            }
+        }
         if let Some(i) = &input {
             if i.max_line_bytes.0 == 0 {
                 problems.push(ConfigProblem::new(
@@ -422,12 +487,15 @@ impl JobConfig {
         JobConfig {
             input: InputConfig {
                 path: input.into(),
+                format: None,
+                columns: None,
                 max_line_bytes: default_max_line(),
             },
             output: OutputConfig {
                 path: output.into(),
                 preserve_order: true,
                 assemble: None,
+                format: OutputFormatChoice::default(),
             },
             model: ModelConfig {
                 backend: backend.to_string(),

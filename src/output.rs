@@ -68,6 +68,9 @@ pub fn header_for(
     put("batch.size", config.batch.size.into());
     put("checkpoint.shard_rows", config.checkpoint.shard_rows.into());
     put("output.preserve_order", config.output.preserve_order.into());
+    if config.output.format.0 != stook_actors::parts::OutputFormat::Jsonl {
+        put("output.format", config.output.format.0.name().into());
+    }
     put("input.max_line_bytes", config.input.max_line_bytes.0.into());
     Ok(ManifestHeader::new(input, c, worker))
 }
@@ -609,7 +612,11 @@ pub fn merge(
 
 /// Writes the concatenation of `dir/names` to `target`, atomically.
 fn concat(dir: &Path, names: &[String], target: &Path) -> std::io::Result<()> {
-    let parent = target.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "", which cannot be opened to sync.
+    let parent = target
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().to_string())

@@ -20,10 +20,11 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use stook_actors::checkpoint::{Todo, Worker, ERRORS};
+use stook_actors::input::{Input, RowLimits, Validation};
 use stook_actors::messages::SinkSummary;
 use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
 use stook_actors::sink::{ResultSender, Sink, SinkConfig};
-use stook_actors::source::{InputFile, RowFeed, RowLimits, Source, SourceConfig, Validation};
+use stook_actors::source::{RowFeed, Source, SourceConfig};
 use stook_actors::{
     Backend, BackendActor, Device, DeviceError, GpuInventory, ObjectStore, PipelineError, Progress,
     RowError, SharedModel, StoreStats,
@@ -188,23 +189,35 @@ impl Job {
         }
     }
 
+    /// The columns of a Parquet or Arrow part.
+    fn table_schema(&self) -> arrow_schema::SchemaRef {
+        stook_actors::parts::table_schema(
+            self.backend.output_schema().as_deref(),
+            !self.config.output.preserve_order,
+        )
+    }
+
+    /// Opens the input in its format.
+    fn open_input(&self) -> Result<Input, RunError> {
+        let i = &self.config.input;
+        Ok(Input::open(
+            &i.path,
+            i.format.map(|f| f.0),
+            i.columns.as_deref(),
+        )?)
+    }
+
     /// Checks every input row against the backend's schema; loads no model.
     pub fn validate(&self) -> Result<Validation, RunError> {
-        self.validate_input(&InputFile::open(&self.config.input.path)?)
+        validate_file(&self.open_input()?, &self.backend.schema(), &self.limits())
     }
 
-    fn validate_input(&self, input: &InputFile) -> Result<Validation, RunError> {
-        validate_file(input, &self.backend.schema(), &self.limits())
-    }
-
-    /// Counts the input's rows (fast: no row is parsed) and lays them out
-    /// in batches and shards.
+    /// Counts the input's rows (fast: no row is parsed; a table's count is
+    /// in its metadata) and lays them out in batches and shards.
     pub fn layout(&self) -> Result<Layout, RunError> {
-        let input = InputFile::open(&self.config.input.path)?;
-        Ok(Layout::new(
-            &self.config,
-            count_nonblank_lines(input.bytes()),
-        ))
+        let input = self.open_input()?;
+        let rows = input.count_rows(&self.backend.schema(), &self.limits())?;
+        Ok(Layout::new(&self.config, rows))
     }
 
     /// Where the job's output stands: shards committed per worker, what is
@@ -252,7 +265,7 @@ impl Job {
 
         // 1. Every row, before any model loads (on_error = "fail"); off
         //    the host's thread, as is all file work below.
-        let input = InputFile::open(&cfg.input.path)?;
+        let input = self.open_input()?;
         let (schema2, limits) = (schema.clone(), self.limits());
         let check = cfg.batch.on_error == OnError::Fail;
         let (input, rows_total) = off_thread(move || {
@@ -305,6 +318,8 @@ impl Job {
             todo: todo.clone(),
             done_shards: resume.done_shards.clone(),
             stream: None,
+            format: cfg.output.format.0,
+            table: self.table_schema(),
         };
         let (summary, stats) = self
             .pipeline(
@@ -368,6 +383,8 @@ impl Job {
             todo: todo.clone(),
             done_shards: Default::default(),
             stream: Some(results),
+            format: self.config.output.format.0,
+            table: self.table_schema(),
         };
         let (summary, stats) = self
             .pipeline(
@@ -608,12 +625,12 @@ async fn off_thread<T: Send + 'static>(
 }
 
 fn validate_file(
-    input: &InputFile,
+    input: &Input,
     schema: &stook_actors::RequestSchema,
     limits: &RowLimits,
 ) -> Result<Validation, RunError> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let v = input.validate(schema, limits, threads, ERRORS_SHOWN);
+    let v = input.validate(schema, limits, threads, ERRORS_SHOWN)?;
     if v.rows == 0 {
         return Err(RunError::NoRows {
             path: input.path().to_path_buf(),
@@ -625,7 +642,7 @@ fn validate_file(
 /// The input's rows: every row checked when `check` (any bad one refused),
 /// else only counted.
 fn count_rows(
-    input: &InputFile,
+    input: &Input,
     schema: &stook_actors::RequestSchema,
     limits: &RowLimits,
     check: bool,
@@ -640,16 +657,10 @@ fn count_rows(
         }
         return Ok(v.rows);
     }
-    match count_nonblank_lines(input.bytes()) {
+    match input.count_rows(schema, limits)? {
         0 => Err(RunError::NoRows {
             path: input.path().to_path_buf(),
         }),
         n => Ok(n),
     }
-}
-
-fn count_nonblank_lines(data: &[u8]) -> u64 {
-    stook_actors::rows::Lines::new(data, stook_actors::rows::data_start(data), 1)
-        .filter(|l| !l.is_blank())
-        .count() as u64
 }

@@ -121,6 +121,26 @@ pub fn encode_input(
     write_object(&batch, reservation, Holder::Source)
 }
 
+/// Encodes rows already in columns (a table's: one string column per
+/// schema field, the row text when the schema keeps it) into
+/// `reservation` as an input object. The columns are written as they are.
+pub fn encode_columns(
+    schema: &RequestSchema,
+    rows: ArrayRef,
+    lines: ArrayRef,
+    fields: Vec<ArrayRef>,
+    raw: Option<ArrayRef>,
+    reservation: Reservation,
+) -> Result<ObjectRef, ArrowError> {
+    let mut cols = vec![rows, lines];
+    cols.extend(fields);
+    if schema.keep_raw {
+        cols.push(raw.ok_or_else(|| ArrowError::SchemaError("the row text is missing".into()))?);
+    }
+    let batch = RecordBatch::try_new(input_schema(schema), cols)?;
+    write_object(&batch, reservation, Holder::Source)
+}
+
 fn decode(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
     let mut buf = Buffer::from(obj.to_bytes());
     let mut decoder = StreamDecoder::new();

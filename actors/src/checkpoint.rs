@@ -31,9 +31,9 @@ pub const ERRORS: &str = "_errors.jsonl";
 /// The success marker.
 pub const SUCCESS: &str = "_SUCCESS";
 
-/// The name of shard `i`'s part file.
-pub fn part_name(i: u64) -> String {
-    format!("part-{i:05}.jsonl")
+/// The name of shard `i`'s part file, with extension `ext`.
+pub fn part_name(i: u64, ext: &str) -> String {
+    format!("part-{i:05}.{ext}")
 }
 
 /// The name of shard `i`'s bad-row file (only when it has bad rows).
@@ -145,8 +145,39 @@ pub struct InputFingerprint {
 const BLOCK: u64 = 64 << 10;
 
 impl InputFingerprint {
-    /// Fingerprints `path`.
+    /// Fingerprints `path`; a directory (of Parquet files) by its files
+    /// in name order: sizes summed, the latest mtime, CRCs chained.
     pub fn of(path: &Path) -> std::io::Result<Self> {
+        if path.is_dir() {
+            let mut names: Vec<PathBuf> = std::fs::read_dir(path)?
+                .map(|e| e.map(|e| e.path()))
+                .collect::<Result<_, _>>()?;
+            names.retain(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
+            });
+            names.sort();
+            let (mut head, mut tail) = (crc32fast::Hasher::new(), crc32fast::Hasher::new());
+            let mut all = InputFingerprint {
+                size: 0,
+                mtime_ns: 0,
+                head_crc32: 0,
+                tail_crc32: 0,
+            };
+            for n in names {
+                let f = InputFingerprint::of(&n)?;
+                all.size += f.size;
+                all.mtime_ns = all.mtime_ns.max(f.mtime_ns);
+                head.update(&f.head_crc32.to_le_bytes());
+                tail.update(&f.tail_crc32.to_le_bytes());
+                tail.update(&f.size.to_le_bytes());
+            }
+            all.head_crc32 = head.finalize();
+            all.tail_crc32 = tail.finalize();
+            return Ok(all);
+        }
         let mut f = File::open(path)?;
         let meta = f.metadata()?;
         let size = meta.len();
@@ -531,7 +562,7 @@ mod tests {
     fn record(shard: u64) -> ShardRecord {
         ShardRecord {
             shard,
-            part: part_name(shard),
+            part: part_name(shard, "jsonl"),
             batches: vec![(shard * 2, shard * 2 + 1)],
             rows: 10,
             errors: 0,

@@ -26,6 +26,13 @@ pub trait Backend: Send + Sync + 'static {
         self.result_bytes_bound(rows, input_bytes)
     }
 
+    /// The columns of its results in a Parquet or Arrow output, when it
+    /// has a fixed shape (each result object's keys, typed); `None`: one
+    /// column of JSON text per result.
+    fn output_schema(&self) -> Option<arrow_schema::SchemaRef> {
+        None
+    }
+
     /// What identifies the model's files (a hash), for resume checks;
     /// empty for a model with none.
     fn fingerprint(&self) -> String {

@@ -63,7 +63,8 @@ pub enum FieldKind {
 }
 
 impl FieldKind {
-    fn expected(self) -> String {
+    /// What a value must be, in words.
+    pub fn expected(self) -> String {
         match self {
             FieldKind::String => "a string".into(),
             FieldKind::Json => "a value".into(),
@@ -162,10 +163,17 @@ pub struct RowError {
     pub message: String,
     /// A short excerpt of the line.
     pub excerpt: String,
+    /// Where the row is, for input that has no lines (a Parquet or Arrow
+    /// file): its row and row group, and the column at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub place: Option<String>,
 }
 
 impl fmt::Display for RowError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(place) = &self.place {
+            return write!(f, "{}: {place}: {}", self.path, self.message);
+        }
         write!(f, "{}:{}:", self.path, self.line)?;
         if let Some(c) = self.column {
             write!(f, "{c}:")?;

@@ -380,6 +380,7 @@ impl Scheduler {
                         column: None,
                         message: format!("the model fails on this row alone: {}", p.message),
                         excerpt: String::new(),
+                        place: None,
                     };
                     if !self.cfg.skip_bad_rows {
                         return self.fail(PipelineError::ModelRow(Box::new(e)));

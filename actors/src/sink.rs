@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ use crate::checkpoint::{
 };
 use crate::error::PipelineError;
 use crate::messages::{Deliver, Finish, SinkSummary};
+use crate::parts::{OutputFormat, PartWriter, TempFile};
 use crate::progress::Progress;
 use crate::rows::RowError;
 use crate::store::Holder;
@@ -46,6 +47,10 @@ pub struct SinkConfig {
     pub done_shards: BTreeSet<u64>,
     /// Send results here, in order, instead of writing files.
     pub stream: Option<ResultSender>,
+    /// The part files' format.
+    pub format: OutputFormat,
+    /// A table part's columns ([`crate::parts::table_schema`]).
+    pub table: arrow_schema::SchemaRef,
 }
 
 /// One batch of results as a stream carries it, in input order.
@@ -89,50 +94,9 @@ impl ResultSender {
     }
 }
 
-/// A file being written under a temporary name.
-struct TempFile {
-    tmp: PathBuf,
-    out: BufWriter<File>,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl TempFile {
-    fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp)?;
-        Ok(TempFile {
-            tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
-            crc: crc32fast::Hasher::new(),
-            bytes: 0,
-        })
-    }
-
-    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.crc.update(data);
-        self.bytes += data.len() as u64;
-        self.out.write_all(data)
-    }
-
-    /// Flushes, syncs and renames to `dir/name`; returns (bytes, crc32).
-    fn commit(self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.tmp, dir.join(name))?;
-        Ok((self.bytes, self.crc.finalize()))
-    }
-
-    fn discard(self) {
-        drop(self.out);
-        let _ = std::fs::remove_file(&self.tmp);
-    }
-}
-
 struct OpenShard {
     index: u64,
-    part: TempFile,
+    part: PartWriter,
     errors: Option<TempFile>,
     batches: Vec<(u64, u64)>,
     count: u64,
@@ -160,7 +124,6 @@ pub struct Sink {
     shard: Option<OpenShard>,
     manifest: Option<File>,
     summary: SinkSummary,
-    line: Vec<u8>,
 }
 
 impl Sink {
@@ -176,7 +139,6 @@ impl Sink {
             shard: None,
             manifest: None,
             summary: SinkSummary::default(),
-            line: Vec::new(),
         };
         sink.skip_done();
         sink
@@ -211,8 +173,9 @@ impl Sink {
                 self.next_unordered_shard += 1;
                 s
             });
-            let name = part_name(index);
-            let part = self.io(&name, TempFile::create(&self.cfg.dir, &name))?;
+            let name = part_name(index, self.cfg.format.name());
+            let part = PartWriter::create(&self.cfg.dir, &name, self.cfg.format, &self.cfg.table);
+            let part = self.io(&name, part)?;
             self.shard = Some(OpenShard {
                 index,
                 part,
@@ -266,11 +229,13 @@ impl Sink {
             }
             None => None,
         };
-        let mut line = std::mem::take(&mut self.line);
+        let ext = self.cfg.format.name();
         let shard = self.shard_for(d.plan.index)?;
         let rows = match &output {
-            Some(out) => write_results(&mut shard.part, out, preserve_order, &mut line)
-                .map_err(fail(part_name(shard.index)))?,
+            Some(out) => shard
+                .part
+                .write(out, !preserve_order)
+                .map_err(fail(part_name(shard.index, ext)))?,
             None => 0,
         };
         if !d.errors.is_empty() {
@@ -281,7 +246,6 @@ impl Sink {
         shard.errors_count += n_err;
         shard.note_batch(d.plan.index);
         let full = shard.count >= self.cfg.todo.shard_batches;
-        self.line = line;
         self.summary.rows_written += rows;
         self.summary.errors += n_err;
         self.summary.blank_lines += d.plan.blank_lines;
@@ -299,7 +263,7 @@ impl Sink {
             return Ok(());
         };
         let dir = self.cfg.dir.clone();
-        let name = part_name(shard.index);
+        let name = part_name(shard.index, self.cfg.format.name());
         let mut errors_bytes = 0;
         if let Some(errors) = shard.errors {
             let ename = errors_name(shard.index);
@@ -351,27 +315,6 @@ impl Sink {
     }
 }
 
-/// Writes one line per result to `part`; returns the rows written.
-fn write_results(
-    part: &mut TempFile,
-    out: &OutputBatch,
-    preserve_order: bool,
-    line: &mut Vec<u8>,
-) -> std::io::Result<u64> {
-    for i in 0..out.len() {
-        let (row, json) = out.get(i);
-        line.clear();
-        if preserve_order {
-            line.extend_from_slice(json.as_bytes());
-        } else {
-            with_row_number(line, row, json);
-        }
-        line.push(b'\n');
-        part.write(line)?;
-    }
-    Ok(out.len() as u64)
-}
-
 /// Appends bad rows to the shard's errors file, creating it on first use.
 fn write_bad_rows(shard: &mut OpenShard, dir: &Path, errors: &[RowError]) -> std::io::Result<()> {
     let file = match &mut shard.errors {
@@ -384,22 +327,7 @@ fn write_bad_rows(shard: &mut OpenShard, dir: &Path, errors: &[RowError]) -> std
         let _ = serde_json::to_writer(&mut buf, e);
         buf.push(b'\n');
     }
-    file.write(&buf)
-}
-
-/// `{"_row":N,` followed by the rest of the result object.
-fn with_row_number(line: &mut Vec<u8>, row: u64, json: &str) {
-    line.extend_from_slice(b"{\"_row\":");
-    line.extend_from_slice(row.to_string().as_bytes());
-    let rest = json
-        .trim_start()
-        .strip_prefix('{')
-        .unwrap_or(json)
-        .trim_start();
-    if !rest.starts_with('}') {
-        line.push(b',');
-    }
-    line.extend_from_slice(rest.as_bytes());
+    file.write_all(&buf)
 }
 
 impl Actor for Sink {
@@ -438,20 +366,5 @@ impl Handler<Finish> for Sink {
             self.discard_open_shard();
         }
         Ok(self.summary.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_numbers_lead_the_object() {
-        let mut v = Vec::new();
-        with_row_number(&mut v, 7, r#"{"a":1}"#);
-        assert_eq!(v, br#"{"_row":7,"a":1}"#);
-        v.clear();
-        with_row_number(&mut v, 0, "{}");
-        assert_eq!(v, br#"{"_row":0}"#);
     }
 }

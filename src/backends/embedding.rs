@@ -297,6 +297,34 @@ impl Backend for Embedding {
         }
     }
 
+    fn output_schema(&self) -> Option<arrow_schema::SchemaRef> {
+        use arrow_schema::{DataType, Field, Schema as Columns};
+        let vector = || {
+            DataType::FixedSizeList(
+                Arc::new(Field::new("item", DataType::Float32, false)),
+                self.folder.dim as i32,
+            )
+        };
+        let fields = match self.opts.schema {
+            Schema::Text => vec![
+                Field::new("id", DataType::Utf8, true),
+                Field::new("embedding", vector(), false),
+            ],
+            Schema::Sheaf => vec![
+                Field::new("request_id", DataType::Utf8, false),
+                Field::new("model_type", DataType::Utf8, false),
+                Field::new("model_name", DataType::Utf8, false),
+                Field::new(
+                    "embeddings",
+                    DataType::List(Arc::new(Field::new("item", vector(), false))),
+                    false,
+                ),
+                Field::new("dim", DataType::Int64, false),
+            ],
+        };
+        Some(Arc::new(Columns::new(fields)))
+    }
+
     fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         for f in [

@@ -72,10 +72,13 @@ pub fn echo_config(
 ) -> JobConfig {
     JobConfig {
         input: InputConfig {
+            format: None,
+            columns: None,
             path: input.to_path_buf(),
             max_line_bytes: crate::ByteSize(16 << 20),
         },
         output: OutputConfig {
+            format: Default::default(),
             path: output.to_path_buf(),
             preserve_order,
             assemble: None,

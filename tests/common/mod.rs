@@ -42,10 +42,13 @@ pub fn fnv1a(text: &str) -> u64 {
 pub fn synthetic_config(input: &Path, output: &Path, options: &str) -> JobConfig {
     JobConfig {
         input: InputConfig {
+            format: None,
+            columns: None,
             path: input.to_path_buf(),
             max_line_bytes: ByteSize(16 << 20),
         },
         output: OutputConfig {
+            format: Default::default(),
             path: output.to_path_buf(),
             preserve_order: true,
             assemble: None,

@@ -1,0 +1,838 @@
+//! Columnar input: Arrow IPC files and Parquet files (one, or a directory
+//! of them, read in name order as one table).
+//!
+//! ```text
+//!  Arrow IPC  mmap ─▶ footer ─▶ record batches decoded in place (no copy; pages
+//!                               dropped from the resident set once read)
+//!  Parquet    footer ─▶ a reader over the columns the backend reads, batch by
+//!                       batch (one batch of rows decoded at a time)
+//!  both       rows n..n+k ─▶ the backend's fields as the object store's columns:
+//!             strings as they are (sliced, no copy), other values as JSON text,
+//!             each row checked (null where required, wrong literal, too long)
+//! ```
+//!
+//! Columns map to the backend's fields by name. A column the backend needs
+//! that is missing or of a type it cannot read is refused when the file is
+//! opened, naming the file, the column and its type; a bad value is a bad
+//! row named by file, row (1-based within the file), row group and column.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StructArray, UInt64Array,
+};
+use arrow_buffer::Buffer;
+use arrow_json::writer::{make_encoder, EncoderOptions};
+use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
+use memmap2::Mmap;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+
+use crate::error::PipelineError;
+use crate::input::jsonl::{RowLimits, Validation};
+use crate::input::InputFormat;
+use crate::rows::{FieldKind, FieldSpec, RequestSchema, RowError};
+
+/// A Parquet or Arrow IPC input: one file, or a directory of Parquet files.
+pub struct TableFile {
+    path: PathBuf,
+    parts: Vec<Part>,
+    rows: u64,
+    columns: Option<Vec<String>>,
+}
+
+struct Part {
+    path: PathBuf,
+    shown: Arc<str>,
+    rows: u64,
+    schema: SchemaRef,
+    data: PartData,
+}
+
+enum PartData {
+    /// Record batches over the mapping, with each one's byte range.
+    Arrow {
+        map: Arc<Mmap>,
+        batches: Vec<(RecordBatch, usize, usize)>,
+    },
+    /// The footer, read once; rows per row group.
+    Parquet {
+        meta: ArrowReaderMetadata,
+        groups: Vec<u64>,
+    },
+}
+
+/// The mapping as the owner of an Arrow buffer.
+struct Mapped(Arc<Mmap>);
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn bad(path: &Path, why: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Input {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string()),
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> PipelineError + '_ {
+    move |source| PipelineError::Input {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl TableFile {
+    /// Opens `path` (a file, or for Parquet a directory of `.parquet` files)
+    /// and reads its footers; `columns` limits the columns read.
+    pub fn open(
+        path: &Path,
+        format: InputFormat,
+        columns: Option<&[String]>,
+    ) -> Result<Self, PipelineError> {
+        let files = if path.is_dir() {
+            let mut files = Vec::new();
+            for e in std::fs::read_dir(path).map_err(io(path))? {
+                let p = e.map_err(io(path))?.path();
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                let ours = match format {
+                    InputFormat::Arrow => InputFormat::of_path(&p) == InputFormat::Arrow,
+                    _ => name.ends_with(".parquet"),
+                };
+                if ours && !name.starts_with(['.', '_']) && p.is_file() {
+                    files.push(p);
+                }
+            }
+            files.sort();
+            if files.is_empty() {
+                return Err(bad(
+                    path,
+                    format!("the directory holds no .{} file", format.name()),
+                ));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let parts = files
+            .iter()
+            .map(|f| match format {
+                InputFormat::Arrow => Part::arrow(f),
+                _ => Part::parquet(f),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(cols) = columns {
+            for p in &parts {
+                if let Some(c) = cols.iter().find(|c| p.schema.field_with_name(c).is_err()) {
+                    return Err(bad(
+                        &p.path,
+                        format!(
+                            "input.columns names {c:?}, which the file does not have (it has {})",
+                            column_list(&p.schema)
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(TableFile {
+            path: path.to_path_buf(),
+            rows: parts.iter().map(|p| p.rows).sum(),
+            parts,
+            columns: columns.map(<[String]>::to_vec),
+        })
+    }
+
+    /// The path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rows in all files.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Refuses a file without a column the backend requires, or with one
+    /// of a type it cannot read.
+    pub fn check_schema(&self, schema: &RequestSchema) -> Result<(), PipelineError> {
+        for p in &self.parts {
+            for f in &schema.fields {
+                match p.schema.field_with_name(&f.name) {
+                    Err(_) if f.required => {
+                        return Err(bad(
+                            &p.path,
+                            format!(
+                                "no column {:?}, which the backend requires ({}); the file has {}",
+                                f.name,
+                                f.kind.expected(),
+                                column_list(&p.schema)
+                            ),
+                        ))
+                    }
+                    Err(_) => {}
+                    Ok(col) => {
+                        if !readable(f.kind, col.data_type()) {
+                            return Err(bad(
+                                &p.path,
+                                format!(
+                                    "column {:?} is of type {}, and the backend expects {} there",
+                                    f.name,
+                                    col.data_type(),
+                                    f.kind.expected()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A reader from the first row, of what `schema` reads (checked first
+    /// with [`TableFile::check_schema`]).
+    pub fn reader(&self, schema: &RequestSchema, batch_size: usize) -> TableReader {
+        TableReader {
+            schema: schema.clone(),
+            batch_size: batch_size.max(1),
+            part: 0,
+            row_in_part: 0,
+            next_row: 0,
+            cursor: None,
+        }
+    }
+
+    /// Checks every row, keeping at most `keep` errors.
+    pub fn validate(
+        &self,
+        schema: &RequestSchema,
+        limits: &RowLimits,
+        keep: usize,
+    ) -> Result<Validation, PipelineError> {
+        self.check_schema(schema)?;
+        let mut r = self.reader(schema, 8192);
+        let mut v = Validation::default();
+        while let Some(chunk) = r.next_chunk(self, limits, 8192)? {
+            v.rows += chunk.count as u64;
+            v.error_count += chunk.errors.len() as u64;
+            let room = keep.saturating_sub(v.errors.len());
+            v.errors.extend(chunk.errors.into_iter().take(room));
+        }
+        v.lines = v.rows;
+        Ok(v)
+    }
+}
+
+fn column_list(schema: &Schema) -> String {
+    let names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{:?}: {}", f.name(), f.data_type()))
+        .collect();
+    if names.is_empty() {
+        "no columns".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn is_string(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, v) => is_string(v),
+        _ => false,
+    }
+}
+
+/// Whether a column of type `t` can hold a field of kind `kind`.
+fn readable(kind: FieldKind, t: &DataType) -> bool {
+    match kind {
+        FieldKind::String | FieldKind::Literal(_) => is_string(t),
+        FieldKind::Bool => t == &DataType::Boolean,
+        FieldKind::StringList => match t {
+            DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+                is_string(f.data_type())
+            }
+            _ => false,
+        },
+        FieldKind::Json | FieldKind::Refused(_) => true,
+    }
+}
+
+impl Part {
+    fn arrow(path: &Path) -> Result<Self, PipelineError> {
+        let file = File::open(path).map_err(io(path))?;
+        // SAFETY: read-only; a file changed by another process while it
+        // runs is outside what stook defends against (documented).
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io(path))?);
+        let buffer = Buffer::from(bytes::Bytes::from_owner(Mapped(map.clone())));
+        let not = |why: String| {
+            bad(
+                path,
+                format!("not an Arrow IPC file ({why}); stook reads the IPC file format (Feather v2), not the stream format"),
+            )
+        };
+        let n = buffer.len();
+        if n < 18 || &buffer[n - 6..] != b"ARROW1" || &buffer[..6] != b"ARROW1" {
+            return Err(not("no ARROW1 magic at both ends".into()));
+        }
+        let footer_len = arrow_ipc::reader::read_footer_length(
+            buffer[n - 10..]
+                .try_into()
+                .map_err(|_| not("short".into()))?,
+        )
+        .map_err(|e| not(e.to_string()))?;
+        if footer_len > n - 10 {
+            return Err(not("its footer is longer than the file".into()));
+        }
+        let footer = arrow_ipc::root_as_footer(&buffer[n - 10 - footer_len..n - 10])
+            .map_err(|e| not(e.to_string()))?;
+        let fb_schema = footer.schema().ok_or_else(|| not("no schema".into()))?;
+        let schema = Arc::new(
+            arrow_ipc::convert::try_fb_to_schema(fb_schema).map_err(|e| not(e.to_string()))?,
+        );
+        let mut decoder = arrow_ipc::reader::FileDecoder::new(schema.clone(), footer.version());
+        let block_data = |b: &arrow_ipc::Block| {
+            let (at, len) = (
+                b.offset() as usize,
+                b.bodyLength() as usize + b.metaDataLength() as usize,
+            );
+            if at.checked_add(len).is_none_or(|end| end > n) {
+                return Err(not("a block lies past the end of the file".into()));
+            }
+            Ok((buffer.slice_with_length(at, len), at, at + len))
+        };
+        for b in footer.dictionaries().iter().flatten() {
+            let (data, _, _) = block_data(b)?;
+            decoder
+                .read_dictionary(b, &data)
+                .map_err(|e| not(e.to_string()))?;
+        }
+        let mut batches = Vec::new();
+        for b in footer.recordBatches().iter().flatten() {
+            let (data, from, to) = block_data(b)?;
+            if let Some(batch) = decoder
+                .read_record_batch(b, &data)
+                .map_err(|e| not(e.to_string()))?
+            {
+                batches.push((batch, from, to));
+            }
+        }
+        Ok(Part {
+            path: path.to_path_buf(),
+            shown: path.display().to_string().into(),
+            rows: batches.iter().map(|(b, _, _)| b.num_rows() as u64).sum(),
+            schema,
+            data: PartData::Arrow { map, batches },
+        })
+    }
+
+    fn parquet(path: &Path) -> Result<Self, PipelineError> {
+        let file = File::open(path).map_err(io(path))?;
+        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| bad(path, format!("not a readable Parquet file: {e}")))?;
+        let groups: Vec<u64> = meta
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows().max(0) as u64)
+            .collect();
+        Ok(Part {
+            path: path.to_path_buf(),
+            shown: path.display().to_string().into(),
+            rows: groups.iter().sum(),
+            schema: meta.schema().clone(),
+            data: PartData::Parquet { meta, groups },
+        })
+    }
+
+    /// Where row `r` (0-based in this file) is, in words.
+    fn place(&self, r: u64) -> String {
+        match &self.data {
+            PartData::Parquet { groups, .. } => {
+                let (mut g, mut start) = (0, 0);
+                while g + 1 < groups.len() && start + groups[g] <= r {
+                    start += groups[g];
+                    g += 1;
+                }
+                format!("row {} (row group {g}, row {} in it)", r + 1, r - start + 1)
+            }
+            PartData::Arrow { .. } => format!("row {}", r + 1),
+        }
+    }
+
+    /// The column names a reader of `schema` reads (in file order).
+    fn projection(&self, schema: &RequestSchema, columns: Option<&[String]>) -> Vec<usize> {
+        (0..self.schema.fields().len())
+            .filter(|&i| {
+                let name = self.schema.field(i).name();
+                if schema.keep_raw {
+                    columns.is_none_or(|c| c.contains(name))
+                } else {
+                    schema.fields.iter().any(|f| &f.name == name)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Reads a table front to back, a chunk of rows at a time.
+pub struct TableReader {
+    schema: RequestSchema,
+    batch_size: usize,
+    part: usize,
+    row_in_part: u64,
+    next_row: u64,
+    cursor: Option<Cursor>,
+}
+
+enum Cursor {
+    Arrow {
+        batch: usize,
+        offset: usize,
+    },
+    Parquet {
+        reader: ParquetRecordBatchReader,
+        left: Option<RecordBatch>,
+    },
+}
+
+/// Rows of one file, as read.
+struct Piece {
+    part: usize,
+    row_in_part: u64,
+    batch: RecordBatch,
+}
+
+/// Rows converted for the object store: the good rows' columns, the bad
+/// rows' errors.
+pub struct Chunk {
+    /// Rows read (good and bad).
+    pub count: usize,
+    /// The 0-based row number of the first.
+    pub first_row: u64,
+    /// Each good row's 0-based row number.
+    pub rows: UInt64Array,
+    /// Each good row's 1-based row within its file.
+    pub lines: UInt64Array,
+    /// One string column per schema field.
+    pub fields: Vec<ArrayRef>,
+    /// Each good row as a JSON object, when the schema keeps it.
+    pub raw: Option<ArrayRef>,
+    /// The bad rows.
+    pub errors: Vec<RowError>,
+    /// String bytes of the largest of fields (together) and raw.
+    pub bytes: usize,
+    /// `"` bytes in list fields.
+    pub quotes: usize,
+    /// The 1-based rows (within their files) of the first and last row.
+    pub span: (u64, u64),
+}
+
+impl TableReader {
+    /// The next `n` rows (fewer at the end), converted; `None` after the
+    /// last.
+    pub fn next_chunk(
+        &mut self,
+        file: &TableFile,
+        limits: &RowLimits,
+        n: usize,
+    ) -> Result<Option<Chunk>, PipelineError> {
+        let first_row = self.next_row;
+        let pieces = self.read(file, n)?;
+        if pieces.is_empty() {
+            return Ok(None);
+        }
+        convert(file, &self.schema, limits, &pieces, first_row).map(Some)
+    }
+
+    /// Drops the pages of Arrow batches before the reader's position from
+    /// the resident set.
+    pub fn release(&self, file: &TableFile) {
+        let Some(Part {
+            data: PartData::Arrow { map, batches },
+            ..
+        }) = file.parts.get(self.part)
+        else {
+            return;
+        };
+        let Some(Cursor::Arrow { batch, .. }) = &self.cursor else {
+            return;
+        };
+        let Some(&(_, from, _)) = batches.get(*batch) else {
+            return;
+        };
+        let end = from / 4096 * 4096;
+        if end > 0 {
+            // SAFETY: read-only, file-backed; pages read again fault back in.
+            let _ =
+                unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, end) };
+        }
+    }
+
+    fn read(&mut self, file: &TableFile, n: usize) -> Result<Vec<Piece>, PipelineError> {
+        let mut pieces = Vec::new();
+        let mut want = n;
+        while want > 0 && self.part < file.parts.len() {
+            let part = &file.parts[self.part];
+            if self.cursor.is_none() {
+                self.cursor = Some(self.open(file, part)?);
+            }
+            let got = match self.cursor.as_mut() {
+                Some(Cursor::Arrow { batch, offset }) => {
+                    let PartData::Arrow { batches, .. } = &part.data else {
+                        unreachable!("an Arrow cursor is over an Arrow part")
+                    };
+                    match batches.get(*batch) {
+                        Some((b, _, _)) => {
+                            let k = want.min(b.num_rows() - *offset);
+                            let slice = b.slice(*offset, k);
+                            *offset += k;
+                            if *offset >= b.num_rows() {
+                                (*batch, *offset) = (*batch + 1, 0);
+                            }
+                            Some(slice)
+                        }
+                        None => None,
+                    }
+                }
+                Some(Cursor::Parquet { reader, left }) => {
+                    let b = match left.take() {
+                        Some(b) => Some(b),
+                        None => reader
+                            .next()
+                            .transpose()
+                            .map_err(|e| bad(&part.path, format!("reading Parquet: {e}")))?,
+                    };
+                    b.map(|b| {
+                        if b.num_rows() > want {
+                            *left = Some(b.slice(want, b.num_rows() - want));
+                            b.slice(0, want)
+                        } else {
+                            b
+                        }
+                    })
+                }
+                None => None,
+            };
+            match got {
+                Some(b) if b.num_rows() > 0 => {
+                    let k = b.num_rows();
+                    pieces.push(Piece {
+                        part: self.part,
+                        row_in_part: self.row_in_part,
+                        batch: b,
+                    });
+                    self.row_in_part += k as u64;
+                    self.next_row += k as u64;
+                    want -= k;
+                }
+                Some(_) => {}
+                None => {
+                    if self.row_in_part != part.rows {
+                        return Err(bad(
+                            &part.path,
+                            format!(
+                                "the footer promises {} rows and {} were read",
+                                part.rows, self.row_in_part
+                            ),
+                        ));
+                    }
+                    (self.part, self.row_in_part, self.cursor) = (self.part + 1, 0, None);
+                }
+            }
+        }
+        Ok(pieces)
+    }
+
+    fn open(&self, file: &TableFile, part: &Part) -> Result<Cursor, PipelineError> {
+        Ok(match &part.data {
+            PartData::Arrow { .. } => Cursor::Arrow {
+                batch: 0,
+                offset: 0,
+            },
+            PartData::Parquet { meta, .. } => {
+                let f = File::open(&part.path).map_err(io(&part.path))?;
+                let cols = part.projection(&self.schema, file.columns.as_deref());
+                let mask = ProjectionMask::roots(meta.parquet_schema(), cols);
+                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta.clone())
+                    .with_projection(mask)
+                    .with_batch_size(self.batch_size)
+                    .build()
+                    .map_err(|e| bad(&part.path, format!("reading Parquet: {e}")))?;
+                Cursor::Parquet { reader, left: None }
+            }
+        })
+    }
+}
+
+/// One piece's columns and each row's first problem.
+struct Converted {
+    fields: Vec<ArrayRef>,
+    raw: Option<ArrayRef>,
+    problems: Vec<Option<(String, String)>>,
+}
+
+fn convert(
+    file: &TableFile,
+    schema: &RequestSchema,
+    limits: &RowLimits,
+    pieces: &[Piece],
+    first_row: u64,
+) -> Result<Chunk, PipelineError> {
+    let count: usize = pieces.iter().map(|p| p.batch.num_rows()).sum();
+    let mut errors = Vec::new();
+    let (mut rows, mut lines) = (Vec::with_capacity(count), Vec::with_capacity(count));
+    let mut fields: Vec<Vec<ArrayRef>> = vec![Vec::new(); schema.fields.len()];
+    let mut raws = Vec::new();
+    let mut row = first_row;
+    for p in pieces {
+        let part = &file.parts[p.part];
+        let c = convert_piece(part, schema, &p.batch, limits)?;
+        let mut keep = Vec::with_capacity(c.problems.len());
+        for (i, problem) in c.problems.into_iter().enumerate() {
+            let in_part = p.row_in_part + i as u64;
+            match problem {
+                None => {
+                    rows.push(row);
+                    lines.push(in_part + 1);
+                    keep.push(true);
+                }
+                Some((column, message)) => {
+                    errors.push(RowError {
+                        path: part.shown.clone(),
+                        line: in_part + 1,
+                        row,
+                        column: None,
+                        message: format!("column {column:?}: {message}"),
+                        excerpt: String::new(),
+                        place: Some(part.place(in_part)),
+                    });
+                    keep.push(false);
+                }
+            }
+            row += 1;
+        }
+        let all = keep.iter().all(|&k| k);
+        let mask = BooleanArray::from(keep);
+        let pick = |a: ArrayRef| -> Result<ArrayRef, PipelineError> {
+            if all {
+                Ok(a)
+            } else {
+                Ok(arrow_select::filter::filter(&a, &mask)?)
+            }
+        };
+        for (acc, a) in fields.iter_mut().zip(c.fields) {
+            acc.push(pick(a)?);
+        }
+        if let Some(r) = c.raw {
+            raws.push(pick(r)?);
+        }
+    }
+    let join = |parts: Vec<ArrayRef>| -> Result<ArrayRef, PipelineError> {
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_else(|| unreachable!()));
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        Ok(arrow_select::concat::concat(&refs)?)
+    };
+    let fields = fields
+        .into_iter()
+        .map(join)
+        .collect::<Result<Vec<_>, _>>()?;
+    let raw = if schema.keep_raw {
+        Some(join(raws)?)
+    } else {
+        None
+    };
+    let str_bytes = |a: &ArrayRef| {
+        let s = a.as_any().downcast_ref::<StringArray>();
+        s.map_or(0, |s| {
+            let o = s.value_offsets();
+            (o[o.len() - 1] - o[0]) as usize
+        })
+    };
+    let field_bytes: usize = fields.iter().map(str_bytes).sum();
+    let raw_bytes = raw.as_ref().map_or(0, str_bytes);
+    let quotes = schema
+        .fields
+        .iter()
+        .zip(&fields)
+        .filter(|(f, _)| f.kind == FieldKind::StringList)
+        .map(|(_, a)| {
+            let s = a.as_any().downcast_ref::<StringArray>();
+            s.map_or(0, |s| memchr::memchr_iter(b'"', s.value_data()).count())
+        })
+        .sum();
+    let span = (
+        pieces[0].row_in_part + 1,
+        pieces
+            .last()
+            .map_or(0, |p| p.row_in_part + p.batch.num_rows() as u64),
+    );
+    Ok(Chunk {
+        count,
+        first_row,
+        rows: UInt64Array::from(rows),
+        lines: UInt64Array::from(lines),
+        fields,
+        raw,
+        errors,
+        bytes: field_bytes.max(raw_bytes),
+        quotes,
+        span,
+    })
+}
+
+fn convert_piece(
+    part: &Part,
+    schema: &RequestSchema,
+    batch: &RecordBatch,
+    limits: &RowLimits,
+) -> Result<Converted, PipelineError> {
+    let n = batch.num_rows();
+    let mut problems: Vec<Option<(String, String)>> = vec![None; n];
+    let mut sizes = vec![0usize; n];
+    let mut fields = Vec::with_capacity(schema.fields.len());
+    for f in &schema.fields {
+        let col = batch.column_by_name(&f.name);
+        let out = field_column(part, f, col, &mut problems)?;
+        let s = out
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| bad(&part.path, "internal: a field column is not utf8"))?;
+        for (i, size) in sizes.iter_mut().enumerate() {
+            if s.is_valid(i) {
+                *size += s.value(i).len();
+            }
+        }
+        fields.push(out);
+    }
+    let raw = if schema.keep_raw {
+        let st = StructArray::from(batch.clone());
+        let field: FieldRef = Arc::new(Field::new("row", st.data_type().clone(), false));
+        let text = json_text(&field, &st)?;
+        for (i, size) in sizes.iter_mut().enumerate() {
+            *size = (*size).max(text.value(i).len());
+        }
+        Some(Arc::new(text) as ArrayRef)
+    } else {
+        None
+    };
+    for (i, size) in sizes.into_iter().enumerate() {
+        if size > limits.max_line_bytes && problems[i].is_none() {
+            problems[i] = Some((
+                String::from("*"),
+                format!(
+                    "the row holds {size} bytes, more than input.max_line_bytes = {} bytes",
+                    limits.max_line_bytes
+                ),
+            ));
+        }
+    }
+    Ok(Converted {
+        fields,
+        raw,
+        problems,
+    })
+}
+
+/// The object store's string column for field `f`, noting each row's
+/// first problem.
+fn field_column(
+    part: &Part,
+    f: &FieldSpec,
+    col: Option<&ArrayRef>,
+    problems: &mut [Option<(String, String)>],
+) -> Result<ArrayRef, PipelineError> {
+    let n = problems.len();
+    let mut note = |i: usize, why: String| {
+        if problems[i].is_none() {
+            problems[i] = Some((f.name.clone(), why));
+        }
+    };
+    let Some(col) = col else {
+        if f.required {
+            (0..n).for_each(|i| note(i, format!("missing, expected {}", f.kind.expected())));
+        }
+        return Ok(arrow_array::new_null_array(&DataType::Utf8, n));
+    };
+    for i in 0..n {
+        if col.is_null(i) && f.required {
+            note(
+                i,
+                format!("null, expected {} (required)", f.kind.expected()),
+            );
+        }
+    }
+    if let FieldKind::Refused(why) = f.kind {
+        for i in (0..n).filter(|&i| col.is_valid(i)) {
+            note(i, format!("refused: {why}"));
+        }
+        return Ok(arrow_array::new_null_array(&DataType::Utf8, n));
+    }
+    let out: ArrayRef = match f.kind {
+        FieldKind::String | FieldKind::Literal(_) => {
+            let s = if col.data_type() == &DataType::Utf8 {
+                col.clone()
+            } else {
+                arrow_cast::cast(col, &DataType::Utf8)?
+            };
+            if let FieldKind::Literal(v) = f.kind {
+                let strings = s.as_any().downcast_ref::<StringArray>();
+                for i in 0..n {
+                    let got = strings.filter(|a| a.is_valid(i)).map(|a| a.value(i));
+                    if got.is_some_and(|g| g != v) {
+                        note(i, format!("{:?}, expected {v:?}", got.unwrap_or_default()));
+                    }
+                }
+            }
+            s
+        }
+        FieldKind::Bool => {
+            let b = col
+                .as_any()
+                .downcast_ref::<BooleanArray>()
+                .ok_or_else(|| bad(&part.path, format!("column {:?} is not boolean", f.name)))?;
+            Arc::new(
+                b.iter()
+                    .map(|v| v.map(|v| if v { "true" } else { "false" }))
+                    .collect::<StringArray>(),
+            )
+        }
+        _ => {
+            let field: FieldRef = Arc::new(Field::new(&f.name, col.data_type().clone(), true));
+            Arc::new(json_text(&field, col.as_ref())?)
+        }
+    };
+    Ok(out)
+}
+
+/// Each value of `array` as JSON text (nulls stay null; an object's null
+/// members are left out).
+fn json_text(field: &FieldRef, array: &dyn Array) -> Result<StringArray, PipelineError> {
+    let options = EncoderOptions::default();
+    let mut enc = make_encoder(field, array, &options)?;
+    let mut out = StringBuilder::new();
+    let mut buf = Vec::new();
+    for i in 0..array.len() {
+        if array.is_null(i) {
+            out.append_null();
+            continue;
+        }
+        buf.clear();
+        enc.encode(i, &mut buf);
+        // The encoder writes valid UTF-8 JSON.
+        out.append_value(String::from_utf8_lossy(&buf));
+    }
+    Ok(out.finish())
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Input and output formats side by side: the echo backend over the same rows
+# as JSON Lines (plain, gzip, zstd), Parquet and Arrow IPC, each run its own
+# process (so peak RSS is its own), every output checked equal to the
+# JSON Lines run's. Figures come from each run's _report.json; the ratio is
+# against the plain JSON Lines run of the same invocation.
+#
+#   scripts/bench-formats.sh            2,000,000 rows of about 200 bytes
+#   ROWS=500000 scripts/bench-formats.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS=${ROWS:-2000000}
+WORK=${WORK:-bench-out/formats}
+scripts/pyarrow-env.sh
+cargo build --release --locked --quiet --bin stook
+PY=.venv-arrow/bin/python
+rm -rf "$WORK" && mkdir -p "$WORK"
+
+"$PY" - "$WORK" "$ROWS" <<'EOF'
+import gzip, json, os, sys
+import pyarrow as pa, pyarrow.feather as feather, pyarrow.parquet as pq
+d, n = sys.argv[1], int(sys.argv[2])
+words = "the quick brown fox jumps over a lazy dog while stook reads every row once".split()
+ids = pa.array(range(n), pa.int64())
+text = pa.array([" ".join(words[(i * 7 + k) % len(words)] for k in range(8 + i % 17)) + " é" for i in range(n)])
+score = pa.array([i / 8 for i in range(n)], pa.float64())
+t = pa.table({"id": ids, "text": text, "score": score})
+pq.write_table(t, os.path.join(d, "in.parquet"), row_group_size=100_000)
+feather.write_feather(t, os.path.join(d, "in.arrow"), compression="uncompressed", chunksize=100_000)
+with open(os.path.join(d, "in.jsonl"), "w", encoding="utf-8") as f:
+    for r in t.to_pylist():
+        f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
+raw = open(os.path.join(d, "in.jsonl"), "rb").read()
+with gzip.open(os.path.join(d, "in.jsonl.gz"), "wb", compresslevel=6) as f:
+    f.write(raw)
+with pa.CompressedOutputStream(os.path.join(d, "in.jsonl.zst"), "zstd") as f:
+    f.write(raw)
+EOF
+
+run() { # name input output-format
+  local out="$WORK/out-$1"
+  cat > "$WORK/$1.toml" <<EOF
+[input]
+path = "$(basename "$2")"
+[output]
+path = "out-$1"
+format = "$3"
+[model]
+backend = "echo"
+[batch]
+size = 4096
+[checkpoint]
+shard_rows = 500000
+EOF
+  target/release/stook run "$WORK/$1.toml" >/dev/null 2>"$WORK/$1.log" || { cat "$WORK/$1.log"; exit 1; }
+  "$PY" - "$out" "$3" "$1" "$WORK/$2" <<'EOF'
+import json, os, sys
+out, fmt, name, inp = sys.argv[1:5]
+r = json.load(open(os.path.join(out, "_report.json")))
+size = sum(os.path.getsize(os.path.join(inp, f)) for f in os.listdir(inp)) if os.path.isdir(inp) else os.path.getsize(inp)
+print("%s\t%.0f\t%.1f\t%.1f\t%.1f" % (name, r["rows_per_second"], r["peak_rss_bytes"] / 2**20, size / 2**20, r["bytes_written"] / 2**20))
+EOF
+}
+
+dump() { # out-dir format → one line per result
+  "$PY" - "$1" "$2" <<'EOF'
+import os, sys, hashlib
+import pyarrow.parquet as pq, pyarrow.ipc as ipc, pyarrow as pa
+out, fmt = sys.argv[1:3]
+h = hashlib.sha256()
+for p in sorted(f for f in os.listdir(out) if f.startswith("part-")):
+    p = os.path.join(out, p)
+    if fmt == "jsonl":
+        h.update(open(p, "rb").read())
+    else:
+        t = pq.read_table(p) if fmt == "parquet" else ipc.open_file(pa.memory_map(p)).read_all()
+        for s in t.column("result").to_pylist():
+            h.update(s.encode() + b"\n")
+print(h.hexdigest())
+EOF
+}
+
+echo "echo backend, $ROWS rows, batch 4096, 2 actors, $(nproc) cores; each run its own process"
+printf "%-22s %12s %8s %10s %12s %12s\n" run rows/s "vs jsonl" "peak RSS" "input MiB" "output MiB"
+base=""
+for spec in "jsonl:in.jsonl:jsonl" "jsonl.gz:in.jsonl.gz:jsonl" "jsonl.zst:in.jsonl.zst:jsonl" \
+            "parquet:in.parquet:jsonl" "arrow:in.arrow:jsonl" \
+            "jsonl-to-parquet:in.jsonl:parquet" "jsonl-to-arrow:in.jsonl:arrow" \
+            "parquet-to-parquet:in.parquet:parquet" "arrow-to-arrow:in.arrow:arrow"; do
+  IFS=: read -r name input fmt <<<"$spec"
+  IFS=$'\t' read -r _ rps rss insize outsize < <(run "$name" "$input" "$fmt")
+  [ -z "$base" ] && base=$rps
+  sum=$(dump "$WORK/out-$name" "$fmt")
+  [ -z "${want:-}" ] && want=$sum
+  [ "$sum" = "$want" ] || { echo "$name: results differ from the jsonl run's"; exit 1; }
+  printf "%-22s %12.0f %7.2fx %8.1f MiB %12.1f %12.1f\n" "$name" "$rps" "$(echo "$rps / $base" | bc -l)" "$rss" "$insize" "$outsize"
+done
+echo "every run's results are identical to the plain JSON Lines run's (sha256 of the result rows)"
