@@ -84,6 +84,10 @@ pub struct OutputConfig {
     /// The part files' format.
     #[serde(default)]
     pub format: OutputFormatChoice,
+    /// Input columns (or keys) copied into every result, ahead of the
+    /// backend's own keys.
+    #[serde(default)]
+    pub passthrough: Vec<String>,
 }
 
 /// `[output] format`.
@@ -431,6 +435,15 @@ impl JobConfig {
             }
         }
         if let Some(o) = &output {
+            let mut seen = std::collections::BTreeSet::new();
+            for n in &o.passthrough {
+                if !seen.insert(n) {
+                    problems.push(ConfigProblem::new(
+                        "output.passthrough",
+                        format!("{n:?} is listed twice"),
+                    ));
+                }
+            }
             if o.assemble.is_some() && o.format.0 != OutputFormat::Jsonl {
                 problems.push(ConfigProblem::new(
                     "output.assemble",
@@ -496,6 +509,7 @@ impl JobConfig {
                 preserve_order: true,
                 assemble: None,
                 format: OutputFormatChoice::default(),
+                passthrough: Vec::new(),
             },
             model: ModelConfig {
                 backend: backend.to_string(),

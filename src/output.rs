@@ -68,6 +68,12 @@ pub fn header_for(
     put("batch.size", config.batch.size.into());
     put("checkpoint.shard_rows", config.checkpoint.shard_rows.into());
     put("output.preserve_order", config.output.preserve_order.into());
+    if !config.output.passthrough.is_empty() {
+        put(
+            "output.passthrough",
+            serde_json::to_value(&config.output.passthrough).unwrap_or_default(),
+        );
+    }
     if config.output.format.0 != stook_actors::parts::OutputFormat::Jsonl {
         put("output.format", config.output.format.0.name().into());
     }

@@ -30,6 +30,9 @@ use stook_actors::{
     RowError, SharedModel, StoreStats,
 };
 
+use arrow_schema::{DataType, Field, Schema};
+use stook_actors::RequestSchema;
+
 use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
 use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
@@ -171,6 +174,23 @@ impl Job {
                 path: config_path.to_path_buf(),
                 problems,
             })?;
+        let taken: Vec<String> = backend
+            .output_schema()
+            .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
+            .unwrap_or_default();
+        if let Some(n) = config.output.passthrough.iter().find(|n| taken.contains(n)) {
+            return Err(ConfigErrors {
+                path: config_path.to_path_buf(),
+                problems: vec![crate::config::ConfigProblem::new(
+                    "output.passthrough",
+                    format!(
+                        "{n:?} is a key of the {} backend's results already",
+                        config.model.backend
+                    ),
+                )],
+            }
+            .into());
+        }
         Ok(Job {
             config,
             config_path: config_path.to_path_buf(),
@@ -190,11 +210,53 @@ impl Job {
     }
 
     /// The columns of a Parquet or Arrow part.
-    fn table_schema(&self) -> arrow_schema::SchemaRef {
-        stook_actors::parts::table_schema(
-            self.backend.output_schema().as_deref(),
-            !self.config.output.preserve_order,
-        )
+    /// `pass_types`: each passthrough column's type in a table input.
+    fn table_schema(&self, pass_types: &[Option<DataType>]) -> arrow_schema::SchemaRef {
+        let declared = self.backend.output_schema().map(|s| {
+            let pass = self
+                .config
+                .output
+                .passthrough
+                .iter()
+                .zip(pass_types.iter().cloned().chain(std::iter::repeat(None)));
+            let mut fields: Vec<Field> = pass
+                .map(|(n, t)| Field::new(n, t.unwrap_or(DataType::Utf8), true))
+                .collect();
+            fields.extend(s.fields().iter().map(|f| f.as_ref().clone()));
+            Schema::new(fields)
+        });
+        stook_actors::parts::table_schema(declared.as_ref(), !self.config.output.preserve_order)
+    }
+
+    /// The schema the Source encodes: the backend's and the passthrough
+    /// fields.
+    fn source_schema(&self) -> RequestSchema {
+        self.backend
+            .schema()
+            .with_passthrough(&self.config.output.passthrough)
+            .0
+    }
+
+    /// Each passthrough column's type in a table input (refused when the
+    /// table has no such column); nothing for JSON Lines.
+    fn passthrough_types(&self, input: &Input) -> Result<Vec<Option<DataType>>, RunError> {
+        let Input::Table(t) = input else {
+            return Ok(Vec::new());
+        };
+        self.config
+            .output
+            .passthrough
+            .iter()
+            .map(|n| match t.column_type(n) {
+                Some(ty) => Ok(Some(ty)),
+                None => Err(RunError::Pipeline(PipelineError::Input {
+                    path: t.path().to_path_buf(),
+                    source: std::io::Error::other(format!(
+                        "no column {n:?} to pass through (output.passthrough)"
+                    )),
+                })),
+            })
+            .collect()
     }
 
     /// Opens the input in its format.
@@ -209,14 +271,16 @@ impl Job {
 
     /// Checks every input row against the backend's schema; loads no model.
     pub fn validate(&self) -> Result<Validation, RunError> {
-        validate_file(&self.open_input()?, &self.backend.schema(), &self.limits())
+        let input = self.open_input()?;
+        self.passthrough_types(&input)?;
+        validate_file(&input, &self.source_schema(), &self.limits())
     }
 
     /// Counts the input's rows (fast: no row is parsed; a table's count is
     /// in its metadata) and lays them out in batches and shards.
     pub fn layout(&self) -> Result<Layout, RunError> {
         let input = self.open_input()?;
-        let rows = input.count_rows(&self.backend.schema(), &self.limits())?;
+        let rows = input.count_rows(&self.source_schema(), &self.limits())?;
         Ok(Layout::new(&self.config, rows))
     }
 
@@ -250,7 +314,6 @@ impl Job {
     pub async fn run(&self, control: RunControl) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let cfg = &self.config;
-        let schema = self.backend.schema();
         let worker = control.worker;
         if !worker.is_alone() && !cfg.output.preserve_order {
             return Err(ConfigErrors {
@@ -266,7 +329,8 @@ impl Job {
         // 1. Every row, before any model loads (on_error = "fail"); off
         //    the host's thread, as is all file work below.
         let input = self.open_input()?;
-        let (schema2, limits) = (schema.clone(), self.limits());
+        let pass_types = self.passthrough_types(&input)?;
+        let (schema2, limits) = (self.source_schema(), self.limits());
         let check = cfg.batch.on_error == OnError::Fail;
         let (input, rows_total) = off_thread(move || {
             let rows = count_rows(&input, &schema2, &limits, check);
@@ -319,7 +383,7 @@ impl Job {
             done_shards: resume.done_shards.clone(),
             stream: None,
             format: cfg.output.format.0,
-            table: self.table_schema(),
+            table: self.table_schema(&pass_types),
         };
         let (summary, stats) = self
             .pipeline(
@@ -384,7 +448,7 @@ impl Job {
             done_shards: Default::default(),
             stream: Some(results),
             format: self.config.output.format.0,
-            table: self.table_schema(),
+            table: self.table_schema(&[]),
         };
         let (summary, stats) = self
             .pipeline(
@@ -429,7 +493,7 @@ impl Job {
         input_key: Arc<str>,
     ) -> Result<(SinkSummary, StoreStats), RunError> {
         let cfg = &self.config;
-        let schema = self.backend.schema();
+        let schema = self.source_schema();
         let store = ObjectStore::with_options(
             cfg.memory.object_store.as_usize(),
             Some(control.progress.clone()),
@@ -471,6 +535,7 @@ impl Job {
                     control.progress.clone(),
                 );
                 let (shared, key) = (shared.clone(), input_key.clone());
+                let pass = cfg.output.passthrough.clone();
                 let compute = cfg.batch.compute;
                 let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| {
                     match compute {
@@ -478,6 +543,7 @@ impl Job {
                         Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
                     }
                     .with_input_key(key)
+                    .with_passthrough(&pass)
                 });
                 arbiters.push(arb);
                 addr
@@ -491,6 +557,7 @@ impl Job {
             skip_bad_rows: cfg.batch.on_error == OnError::Skip,
             input_name: cfg.input.path.display().to_string().into(),
             timeout: cfg.batch.timeout.map(|t| t.0),
+            passthrough_per_row: cfg.output.passthrough.iter().map(|n| n.len() + 16).sum(),
         };
         let backend = self.backend.clone();
         let cancel = control.cancel.clone();

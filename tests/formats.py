@@ -10,6 +10,7 @@ by scripts/pyarrow-env.sh).
   formats.py dump OUT FORMAT    each result of stook's output directory OUT
                                 (parts in FORMAT), one per line, in order
   formats.py bad DIR            inputs with bad values, for validate
+  formats.py passthrough OUT F  checks the score column copied into OUT
   formats.py embeddings A B C   compares embedding outputs in jsonl (A),
                                 parquet (B) and arrow (C): schema and every
                                 float, bit for bit
@@ -129,6 +130,19 @@ def embeddings(a, b, c):
     print("embeddings agree: %d rows, fixed_size_list<float>[384] in parquet and arrow" % len(want))
 
 
+def passthrough(out, fmt):
+    if fmt == "jsonl":
+        rs = [json.loads(l) for p in part_files(out, fmt) for l in open(p, encoding="utf-8")]
+        assert all(list(r)[:2] == ["score", "id"] for r in rs), list(rs[0])
+        got = [r["score"] for r in rs]
+    else:
+        t = pa.concat_tables(read_part(p, fmt) for p in part_files(out, fmt))
+        assert t.schema.names[:2] == ["score", "id"], t.schema
+        assert t.schema.field("score").type == pa.float64(), t.schema
+        got = t.column("score").to_pylist()
+    assert got == [i / 2 for i in range(300)], got[:5]
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "write":
@@ -137,6 +151,8 @@ if __name__ == "__main__":
         dump(sys.argv[2], sys.argv[3])
     elif cmd == "bad":
         bad(sys.argv[2])
+    elif cmd == "passthrough":
+        passthrough(sys.argv[2], sys.argv[3])
     elif cmd == "embeddings":
         embeddings(*sys.argv[2:5])
     else:

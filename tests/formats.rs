@@ -108,6 +108,36 @@ fn every_input_format_to_every_output_format_gives_the_same_results() {
             assert_eq!(parts, 4, "{input} → {format}");
         }
     }
+    // Resume over a table: a damaged committed part is redone, the other
+    // shards' rows are read past, and the output is the same again.
+    for input in ["in.parquet", "in.arrow", "in.jsonl.zst"] {
+        let out = d.join(format!("out-{input}-parquet"));
+        let part = out.join("part-00002.parquet");
+        let mut bytes = std::fs::read(&part).unwrap();
+        bytes[100] ^= 0xFF;
+        std::fs::write(&part, bytes).unwrap();
+        let cfg = job(
+            d,
+            "again",
+            &format!(
+                "[input]\npath = {:?}\n[output]\npath = {out:?}\nformat = \"parquet\"\n\
+                 [model]\nbackend = \"echo\"\n[batch]\nsize = 1000\n\
+                 [checkpoint]\nshard_rows = 30000\n",
+                d.join(input)
+            ),
+        );
+        let o = stook(&["run", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let report = std::fs::read_to_string(out.join("_report.json")).unwrap();
+        assert!(
+            report.contains("\"rows_this_run\": 30000"),
+            "{input}: {report}"
+        );
+        assert!(
+            script(&["dump", out.to_str().unwrap(), "parquet"]) == want,
+            "{input}"
+        );
+    }
 }
 
 #[test]
@@ -185,7 +215,8 @@ fn embeddings_are_fixed_size_lists_of_f32_equal_to_the_json_output() {
     let code = format!(
         "import pyarrow as pa, pyarrow.parquet as pq\n\
          t = ['sentence %d about %s' % (i, 'cats ' * (i % 9)) for i in range(300)]\n\
-         pq.write_table(pa.table({{'id': ['r%d' % i for i in range(300)], 'text': t}}), {:?}, row_group_size=128)\n",
+         s = [i / 2 for i in range(300)]\n\
+         pq.write_table(pa.table({{'id': ['r%d' % i for i in range(300)], 'text': t, 'score': s}}), {:?}, row_group_size=128)\n",
         input.to_str().unwrap()
     );
     let o = Command::new(python()).args(["-c", &code]).output().unwrap();
@@ -215,5 +246,39 @@ fn embeddings_are_fixed_size_lists_of_f32_equal_to_the_json_output() {
         String::from_utf8_lossy(&said).contains("embeddings agree: 300 rows"),
         "{}",
         String::from_utf8_lossy(&said)
+    );
+
+    // Passthrough: a float column copied with its type, ahead of the
+    // backend's keys; a key the backend writes itself is refused.
+    for (format, pass) in [("parquet", "[\"score\"]"), ("jsonl", "[\"score\"]")] {
+        let out = d.join(format!("pass-{format}"));
+        let cfg = job(
+            d,
+            "pass",
+            &format!(
+                "[input]\npath = {input:?}\n[output]\npath = {out:?}\nformat = {format:?}\n\
+                 passthrough = {pass}\n[model]\nbackend = \"embedding\"\n\
+                 [model.options]\npath = {model:?}\n[batch]\nsize = 64\n"
+            ),
+        );
+        let o = stook(&["run", cfg.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        script(&["passthrough", out.to_str().unwrap(), format]);
+    }
+    let cfg = job(
+        d,
+        "pass-id",
+        &format!(
+            "[input]\npath = {input:?}\n[output]\npath = \"x\"\npassthrough = [\"id\"]\n\
+             [model]\nbackend = \"embedding\"\n[model.options]\npath = {model:?}\n"
+        ),
+    );
+    let err =
+        String::from_utf8_lossy(&stook(&["validate", cfg.to_str().unwrap()]).stderr).to_string();
+    assert!(
+        err.contains(
+            "output.passthrough: \"id\" is a key of the embedding backend's results already"
+        ),
+        "{err}"
     );
 }

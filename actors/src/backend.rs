@@ -22,7 +22,7 @@ use crate::error::PipelineError;
 use crate::messages::{Compute, Computed, LoadModel, Poisoned};
 use crate::model::{Backend, Model, ModelError};
 use crate::progress::Progress;
-use crate::rows::RequestSchema;
+use crate::rows::{FieldKind, RequestSchema};
 
 /// One model shared by every worker of a tasks-mode pool, loaded on first
 /// use. A host may keep one and hand it to several runs of the same backend.
@@ -79,6 +79,9 @@ pub struct BackendActor {
     slot: Slot,
     progress: Arc<Progress>,
     input_key: Arc<str>,
+    /// `"name":` and field index of each value copied into every result;
+    /// whether the field holds a decoded string (to be quoted).
+    passthrough: Vec<(String, usize, bool)>,
 }
 
 impl BackendActor {
@@ -110,6 +113,77 @@ impl BackendActor {
             slot,
             progress,
             input_key: Arc::from(""),
+            passthrough: Vec::new(),
+        }
+    }
+
+    /// Copies the input's `names` (columns or keys) into every result
+    /// object, ahead of the backend's own keys; an absent or null value is
+    /// left out. The Source must encode the same extended schema
+    /// ([`RequestSchema::with_passthrough`]).
+    pub fn with_passthrough(mut self, names: &[String]) -> Self {
+        let (schema, idx) = self.schema.with_passthrough(names);
+        self.passthrough = names
+            .iter()
+            .zip(idx)
+            .map(|(n, i)| {
+                let quote = matches!(
+                    schema.fields[i].kind,
+                    FieldKind::String | FieldKind::Literal(_)
+                );
+                (
+                    format!("{}:", serde_json::Value::from(n.as_str())),
+                    i,
+                    quote,
+                )
+            })
+            .collect();
+        self.schema = schema;
+        self
+    }
+
+    /// Puts the passthrough values at the front of each result object.
+    fn pass_through(&self, batch: &RequestBatch, out: &mut ResultWriter) {
+        if self.passthrough.is_empty() {
+            return;
+        }
+        let (rows, results) = out.take();
+        let mut i = 0;
+        let mut members = String::new();
+        for k in 0..rows.len() {
+            let row = rows.value(k);
+            // Results follow the batch's order; rows that failed alone are
+            // missing from them.
+            while i < batch.len() && batch.row(i) != row {
+                i += 1;
+            }
+            members.clear();
+            for (key, field, quote) in &self.passthrough {
+                let Some(v) = batch.field(*field, i.min(batch.len().saturating_sub(1))) else {
+                    continue;
+                };
+                if !members.is_empty() {
+                    members.push(',');
+                }
+                members.push_str(key);
+                if *quote {
+                    members.push_str(&serde_json::Value::from(v).to_string());
+                } else {
+                    members.push_str(v);
+                }
+            }
+            let json = results.value(k);
+            if members.is_empty() {
+                out.push(row, json);
+                continue;
+            }
+            let rest = json
+                .trim_start()
+                .strip_prefix('{')
+                .unwrap_or(json)
+                .trim_start();
+            let sep = if rest.starts_with('}') { "" } else { "," };
+            out.push(row, &format!("{{{members}{sep}{rest}"));
         }
     }
 
@@ -142,6 +216,7 @@ impl BackendActor {
         } else {
             call(model.as_ref(), &batch, &mut out)?;
         }
+        self.pass_through(&batch, &mut out);
         Ok((out, poison))
     }
 }

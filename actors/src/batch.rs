@@ -318,6 +318,12 @@ impl ResultWriter {
         self.results.values_slice().len()
     }
 
+    /// Every result so far, as (row numbers, JSON texts); the writer is
+    /// left empty.
+    pub fn take(&mut self) -> (UInt64Array, StringArray) {
+        (self.rows.finish(), self.results.finish())
+    }
+
     /// Drops every result from `len` on (used when a call fails midway).
     pub fn truncate(&mut self, len: usize) {
         if len >= self.len() {

@@ -461,19 +461,32 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// A file's length and CRC-32, read 1 MiB at a time.
+fn crc_of(path: &Path) -> std::io::Result<(u64, u32)> {
+    let mut f = File::open(path)?;
+    let (mut h, mut len, mut buf) = (crc32fast::Hasher::new(), 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, h.finalize()));
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+}
+
 /// Whether a shard's files are as the manifest says.
 pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
-    let data =
-        std::fs::read(dir.join(&record.part)).map_err(|e| format!("{}: {e}", record.part))?;
-    if data.len() as u64 != record.bytes {
+    // Streamed: a part may be far larger than memory should hold.
+    let (len, crc) =
+        crc_of(&dir.join(&record.part)).map_err(|e| format!("{}: {e}", record.part))?;
+    if len != record.bytes {
         return Err(format!(
-            "{}: {} bytes, the manifest says {}",
-            record.part,
-            data.len(),
-            record.bytes
+            "{}: {len} bytes, the manifest says {}",
+            record.part, record.bytes
         ));
     }
-    if crc32fast::hash(&data) != record.crc32 {
+    if crc != record.crc32 {
         return Err(format!(
             "{}: checksum differs from the manifest's",
             record.part

@@ -97,6 +97,30 @@ impl RequestSchema {
         }
     }
 
+    /// This schema with the fields `names` as well (optional, any value;
+    /// those it reads already stay as they are), and each name's field
+    /// index: what `[output] passthrough` copies into every result.
+    pub fn with_passthrough(&self, names: &[String]) -> (RequestSchema, Vec<usize>) {
+        let mut s = self.clone();
+        let idx = names
+            .iter()
+            .map(|n| {
+                s.fields
+                    .iter()
+                    .position(|f| &f.name == n)
+                    .unwrap_or_else(|| {
+                        s.fields.push(FieldSpec {
+                            name: n.clone(),
+                            kind: FieldKind::Json,
+                            required: false,
+                        });
+                        s.fields.len() - 1
+                    })
+            })
+            .collect();
+        (s, idx)
+    }
+
     /// Whether a field is a list (results may grow with its length).
     pub fn has_lists(&self) -> bool {
         self.fields.iter().any(|f| f.kind == FieldKind::StringList)

@@ -54,6 +54,9 @@ pub struct SchedulerConfig {
     /// A batch in flight longer than this is sent again to an idle actor,
     /// and a stop waits no longer than this for batches in flight.
     pub timeout: Option<Duration>,
+    /// Bytes each result may gain from `[output] passthrough` beyond the
+    /// values themselves (keys, quotes, commas); 0: no passthrough.
+    pub passthrough_per_row: usize,
 }
 
 #[derive(Clone)]
@@ -194,7 +197,7 @@ impl Scheduler {
             }
         }
         let input = input_bound(&self.schema, plan.rows, plan.bytes);
-        let output = output_room(self.backend.as_ref(), &plan);
+        let output = output_room(self.backend.as_ref(), &plan, self.cfg.passthrough_per_row);
         let budget = self.store.budget();
         if input + output > budget {
             return self.fail(PipelineError::BatchTooLarge {
@@ -330,7 +333,11 @@ impl Scheduler {
             let Some(work) = self.in_flight[s].as_mut() else {
                 continue;
             };
-            let bound = output_room(self.backend.as_ref(), &work.plan);
+            let bound = output_room(
+                self.backend.as_ref(),
+                &work.plan,
+                self.cfg.passthrough_per_row,
+            );
             let Ok(Some(reservation)) = self.store.try_reserve(bound) else {
                 self.idle.push(slot);
                 return;
@@ -483,10 +490,18 @@ impl Scheduler {
 }
 
 /// The store room a batch's output may need.
-fn output_room(backend: &dyn Backend, plan: &BatchPlan) -> usize {
+/// The output's room: the backend's bound, and with passthrough the values
+/// copied (never more than the input's bytes, escaped at most 6×: a string
+/// stored decoded is quoted again) and their keys.
+fn output_room(backend: &dyn Backend, plan: &BatchPlan, passthrough_per_row: usize) -> usize {
+    let copied = if passthrough_per_row > 0 {
+        6 * plan.bytes + plan.rows * passthrough_per_row
+    } else {
+        0
+    };
     output_bound(
         plan.rows,
-        backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes),
+        backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes) + copied,
     )
 }
 

@@ -256,6 +256,12 @@ impl Source {
         let Reader::Table(file, reader) = &mut self.reader else {
             unreachable!("cut_table reads a table")
         };
+        if self.cfg.todo.skips(self.next_index) {
+            // Not this run's: read past it without converting a row.
+            let rows = reader.skip(file, self.cfg.batch_size)?;
+            reader.release(file);
+            return Ok((rows > 0).then(|| self.next_plan(rows, (0, 0), (0, 0), 0, (0, 0))));
+        }
         let Some(chunk) = reader.next_chunk(file, &self.cfg.limits, self.cfg.batch_size)? else {
             return Ok(None);
         };

@@ -79,6 +79,7 @@ pub fn echo_config(
         },
         output: OutputConfig {
             format: Default::default(),
+            passthrough: Vec::new(),
             path: output.to_path_buf(),
             preserve_order,
             assemble: None,

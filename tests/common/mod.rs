@@ -49,6 +49,7 @@ pub fn synthetic_config(input: &Path, output: &Path, options: &str) -> JobConfig
         },
         output: OutputConfig {
             format: Default::default(),
+            passthrough: Vec::new(),
             path: output.to_path_buf(),
             preserve_order: true,
             assemble: None,

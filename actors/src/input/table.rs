@@ -56,10 +56,13 @@ struct Part {
 }
 
 enum PartData {
-    /// Record batches over the mapping, with each one's byte range.
+    /// The mapping and its record batches: each one's block, rows and
+    /// first byte (decoded when the reader reaches it).
     Arrow {
         map: Arc<Mmap>,
-        batches: Vec<(RecordBatch, usize, usize)>,
+        buffer: Buffer,
+        decoder: Box<arrow_ipc::reader::FileDecoder>,
+        batches: Vec<(arrow_ipc::Block, usize, usize)>,
     },
     /// The footer, read once; rows per row group.
     Parquet {
@@ -161,6 +164,15 @@ impl TableFile {
         self.rows
     }
 
+    /// The type of column `name` (in the first file).
+    pub fn column_type(&self, name: &str) -> Option<DataType> {
+        let part = self.parts.first()?;
+        part.schema
+            .field_with_name(name)
+            .ok()
+            .map(|f| f.data_type().clone())
+    }
+
     /// Refuses a file without a column the backend requires, or with one
     /// of a type it cannot read.
     pub fn check_schema(&self, schema: &RequestSchema) -> Result<(), PipelineError> {
@@ -222,6 +234,7 @@ impl TableFile {
         let mut r = self.reader(schema, 8192);
         let mut v = Validation::default();
         while let Some(chunk) = r.next_chunk(self, limits, 8192)? {
+            r.release(self);
             v.rows += chunk.count as u64;
             v.error_count += chunk.errors.len() as u64;
             let room = keep.saturating_sub(v.errors.len());
@@ -317,22 +330,35 @@ impl Part {
                 .read_dictionary(b, &data)
                 .map_err(|e| not(e.to_string()))?;
         }
+        // Rows per batch from each message's header alone: the bodies are
+        // read (and checked) when the reader reaches them.
         let mut batches = Vec::new();
         for b in footer.recordBatches().iter().flatten() {
-            let (data, from, to) = block_data(b)?;
-            if let Some(batch) = decoder
-                .read_record_batch(b, &data)
-                .map_err(|e| not(e.to_string()))?
-            {
-                batches.push((batch, from, to));
-            }
+            let (_, from, _) = block_data(b)?;
+            let meta_len = (b.metaDataLength().max(0) as usize).min(n - from);
+            let body = match &buffer[from..from + meta_len] {
+                [0xFF, 0xFF, 0xFF, 0xFF, _, _, _, _, rest @ ..] => rest,
+                [_, _, _, _, rest @ ..] => rest,
+                _ => return Err(not("a record batch without metadata".into())),
+            };
+            let rows = arrow_ipc::root_as_message(body)
+                .ok()
+                .and_then(|m| m.header_as_record_batch())
+                .map(|h| h.length())
+                .ok_or_else(|| not("a record batch header does not parse".into()))?;
+            batches.push((*b, rows.max(0) as usize, from));
         }
         Ok(Part {
             path: path.to_path_buf(),
             shown: path.display().to_string().into(),
-            rows: batches.iter().map(|(b, _, _)| b.num_rows() as u64).sum(),
+            rows: batches.iter().map(|(_, r, _)| *r as u64).sum(),
             schema,
-            data: PartData::Arrow { map, batches },
+            data: PartData::Arrow {
+                map,
+                buffer,
+                decoder: Box::new(decoder),
+                batches,
+            },
         })
     }
 
@@ -353,6 +379,44 @@ impl Part {
             schema: meta.schema().clone(),
             data: PartData::Parquet { meta, groups },
         })
+    }
+
+    /// Record batches in an Arrow part (0 for Parquet).
+    fn batch_count(&self) -> usize {
+        match &self.data {
+            PartData::Arrow { batches, .. } => batches.len(),
+            PartData::Parquet { .. } => 0,
+        }
+    }
+
+    /// Decodes an Arrow part's record batch `i` in place (its arrays point
+    /// into the mapping), checking it.
+    fn decode(&self, i: usize) -> Result<RecordBatch, PipelineError> {
+        let PartData::Arrow {
+            buffer,
+            decoder,
+            batches,
+            ..
+        } = &self.data
+        else {
+            return Err(bad(&self.path, "internal: not an Arrow part"));
+        };
+        let (block, rows, from) = batches[i];
+        let len = block.metaDataLength() as usize + block.bodyLength() as usize;
+        let b = decoder
+            .read_record_batch(&block, &buffer.slice_with_length(from, len))
+            .map_err(|e| bad(&self.path, format!("record batch {i}: {e}")))?
+            .ok_or_else(|| bad(&self.path, format!("record batch {i} is missing")))?;
+        if b.num_rows() != rows {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "record batch {i} holds {} rows, its header says {rows}",
+                    b.num_rows()
+                ),
+            ));
+        }
+        Ok(b)
     }
 
     /// Where row `r` (0-based in this file) is, in words.
@@ -399,6 +463,7 @@ enum Cursor {
     Arrow {
         batch: usize,
         offset: usize,
+        current: Option<RecordBatch>,
     },
     Parquet {
         reader: ParquetRecordBatchReader,
@@ -455,11 +520,17 @@ impl TableReader {
         convert(file, &self.schema, limits, &pieces, first_row).map(Some)
     }
 
+    /// Reads past the next `n` rows (fewer at the end); returns how many.
+    pub fn skip(&mut self, file: &TableFile, n: usize) -> Result<usize, PipelineError> {
+        let pieces = self.read(file, n)?;
+        Ok(pieces.iter().map(|p| p.batch.num_rows()).sum())
+    }
+
     /// Drops the pages of Arrow batches before the reader's position from
     /// the resident set.
     pub fn release(&self, file: &TableFile) {
         let Some(Part {
-            data: PartData::Arrow { map, batches },
+            data: PartData::Arrow { map, batches, .. },
             ..
         }) = file.parts.get(self.part)
         else {
@@ -468,9 +539,8 @@ impl TableReader {
         let Some(Cursor::Arrow { batch, .. }) = &self.cursor else {
             return;
         };
-        let Some(&(_, from, _)) = batches.get(*batch) else {
-            return;
-        };
+        // Past the last batch: all of it.
+        let from = batches.get(*batch).map_or(map.len(), |&(_, _, from)| from);
         let end = from / 4096 * 4096;
         if end > 0 {
             // SAFETY: read-only, file-backed; pages read again fault back in.
@@ -488,17 +558,21 @@ impl TableReader {
                 self.cursor = Some(self.open(file, part)?);
             }
             let got = match self.cursor.as_mut() {
-                Some(Cursor::Arrow { batch, offset }) => {
-                    let PartData::Arrow { batches, .. } = &part.data else {
-                        unreachable!("an Arrow cursor is over an Arrow part")
-                    };
-                    match batches.get(*batch) {
-                        Some((b, _, _)) => {
+                Some(Cursor::Arrow {
+                    batch,
+                    offset,
+                    current,
+                }) => {
+                    if current.is_none() && *batch < part.batch_count() {
+                        *current = Some(part.decode(*batch)?);
+                    }
+                    match current {
+                        Some(b) => {
                             let k = want.min(b.num_rows() - *offset);
                             let slice = b.slice(*offset, k);
                             *offset += k;
                             if *offset >= b.num_rows() {
-                                (*batch, *offset) = (*batch + 1, 0);
+                                (*batch, *offset, *current) = (*batch + 1, 0, None);
                             }
                             Some(slice)
                         }
@@ -559,6 +633,7 @@ impl TableReader {
             PartData::Arrow { .. } => Cursor::Arrow {
                 batch: 0,
                 offset: 0,
+                current: None,
             },
             PartData::Parquet { meta, .. } => {
                 let f = File::open(&part.path).map_err(io(&part.path))?;
