@@ -85,6 +85,10 @@ pub struct RunReport {
     pub parts: Vec<String>,
     /// Output bytes.
     pub bytes_written: u64,
+    /// What the backend counted over the rows this run wrote (the
+    /// embedding backend: `texts_truncated`, texts longer than its
+    /// max_seq_length).
+    pub counters: std::collections::BTreeMap<String, u64>,
 }
 
 impl RunReport {
@@ -127,6 +131,7 @@ impl RunReport {
             preserve_order: cfg.output.preserve_order,
             parts: sink.parts.clone(),
             bytes_written: sink.bytes_written,
+            counters: sink.counters.clone(),
         }
     }
 
@@ -148,8 +153,13 @@ impl RunReport {
         } else {
             format!("worker {}: ", self.worker)
         };
+        let counters: String = self
+            .counters
+            .iter()
+            .map(|(k, v)| format!(", {v} {}", k.replace('_', " ")))
+            .collect();
         format!(
-            "{worker}{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped\n\
+            "{worker}{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped{counters}\n\
              wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}, {} model load{} on {}",
             self.rows,
             output.display(),

@@ -77,6 +77,14 @@ fn embeddings_agree_with_sentence_transformers_through_the_pipeline() {
     ))
     .unwrap();
     assert_eq!(r.rows_written, 210);
+    // The fixture's one text longer than max_seq_length (256 tokens) is
+    // truncated, and counted in the report.
+    assert_eq!(
+        r.counters.get("texts_truncated"),
+        Some(&1),
+        "{:?}",
+        r.counters
+    );
     let got = vectors(&output_bytes(&out));
     let want = vectors(&std::fs::read(fixture("minilm-reference.jsonl")).unwrap());
     assert_eq!(got.len(), want.len());

@@ -224,7 +224,7 @@ impl BackendActor {
 /// One `predict` call: a panic becomes an error, and a failed call leaves
 /// `out` as it was.
 fn call(model: &dyn Model, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
-    let mark = out.len();
+    let (mark, counted) = (out.len(), out.counters().clone());
     let r = catch_unwind(AssertUnwindSafe(|| model.predict(batch, out)))
         .unwrap_or_else(|p| Err(panicked(p)))
         .and_then(|()| match out.len() - mark {
@@ -236,6 +236,7 @@ fn call(model: &dyn Model, batch: &RequestBatch, out: &mut ResultWriter) -> Resu
         });
     if r.is_err() {
         out.truncate(mark);
+        out.set_counters(counted);
     }
     r
 }
@@ -289,18 +290,20 @@ impl Handler<Compute> for BackendActor {
 
     fn handle(&mut self, msg: Compute, _: &mut Context<Self>) -> Self::Result {
         let outcome = match self.compute(&msg) {
-            Ok((out, poison)) => out
-                .encode(msg.reservation)
-                .map(|o| (o, poison))
-                .map_err(|e| {
-                    // The reservation was consumed; the Scheduler reserves anew.
-                    (
-                        ModelError::new(format!(
-                            "the results exceed the backend's declared size bound: {e}"
-                        )),
-                        None,
-                    )
-                }),
+            Ok((out, poison)) => {
+                let counters = out.counters().clone();
+                out.encode(msg.reservation)
+                    .map(|o| (o, poison, counters))
+                    .map_err(|e| {
+                        // The reservation was consumed; the Scheduler reserves anew.
+                        (
+                            ModelError::new(format!(
+                                "the results exceed the backend's declared size bound: {e}"
+                            )),
+                            None,
+                        )
+                    })
+            }
             Err(e) => Err((e, Some(msg.reservation))),
         };
         MessageResult(Computed {

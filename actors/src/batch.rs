@@ -264,10 +264,12 @@ impl RequestBatch {
     }
 }
 
-/// Collects a backend's results, one JSON object per row.
+/// Collects a backend's results, one JSON object per row, and what it
+/// counts along the way.
 pub struct ResultWriter {
     rows: UInt64Builder,
     results: StringBuilder,
+    counters: crate::messages::Counters,
 }
 
 impl Default for ResultWriter {
@@ -282,6 +284,7 @@ impl ResultWriter {
         ResultWriter {
             rows: UInt64Builder::new(),
             results: StringBuilder::new(),
+            counters: Default::default(),
         }
     }
 
@@ -301,6 +304,19 @@ impl ResultWriter {
         let r = f(&mut self.results);
         self.results.append_value("");
         r
+    }
+
+    /// Adds `n` to the counter `name` (shown in the run report under
+    /// `counters`: texts truncated, say).
+    pub fn count(&mut self, name: &str, n: u64) {
+        if n > 0 {
+            *self.counters.entry(name.to_string()).or_default() += n;
+        }
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &crate::messages::Counters {
+        &self.counters
     }
 
     /// Results so far.
@@ -331,10 +347,17 @@ impl ResultWriter {
         }
         let rows = self.rows.finish();
         let results = self.results.finish();
+        let counters = std::mem::take(&mut self.counters);
         *self = ResultWriter::new();
+        self.counters = counters;
         for i in 0..len {
             self.push(rows.value(i), results.value(i));
         }
+    }
+
+    /// Puts the counters back as they were (a failed call's counts go).
+    pub fn set_counters(&mut self, counters: crate::messages::Counters) {
+        self.counters = counters;
     }
 
     /// Encodes the results into `reservation` as an output object.

@@ -95,8 +95,17 @@ pub struct Computed {
     pub index: u64,
     /// The output and the rows that failed alone, or the error and the
     /// unused reservation (for a retry; `None` when it cannot be retried).
-    pub outcome: Result<(ObjectRef, Vec<Poisoned>), (ModelError, Option<Reservation>)>,
+    pub outcome: Result<BatchOutput, (ModelError, Option<Reservation>)>,
 }
+
+/// A computed batch: its output object, the rows that failed alone, and
+/// what the backend counted.
+pub type BatchOutput = (ObjectRef, Vec<Poisoned>, Counters);
+
+/// What a backend counted while computing a batch (texts truncated, say),
+/// by name; summed over the batches the Sink writes, so a batch computed
+/// twice (a retry, a copy after a timeout) counts once.
+pub type Counters = std::collections::BTreeMap<String, u64>;
 
 /// Sink: a finished batch, to be written in order.
 #[derive(Message)]
@@ -108,6 +117,8 @@ pub struct Deliver {
     pub output: Option<ObjectRef>,
     /// Rows refused by the Source.
     pub errors: Vec<RowError>,
+    /// What the backend counted computing it.
+    pub counters: Counters,
 }
 
 /// Sink: no more batches. `complete` when every batch was delivered.
@@ -131,4 +142,6 @@ pub struct SinkSummary {
     pub parts: Vec<String>,
     /// Output bytes written.
     pub bytes_written: u64,
+    /// The backend's counters, over the batches written.
+    pub counters: Counters,
 }

@@ -256,7 +256,7 @@ impl Scheduler {
             )),
             // Every row was bad: nothing to compute, but the Sink must
             // still see the batch to keep order and count.
-            None => self.deliver(plan, None, errors, ctx),
+            None => self.deliver(plan, None, errors, Default::default(), ctx),
         }
     }
 
@@ -377,7 +377,7 @@ impl Scheduler {
 
     fn computed(&mut self, done: Computed, mut work: Work, ctx: &mut Context<Self>) {
         match done.outcome {
-            Ok((output, poison)) => {
+            Ok((output, poison, counters)) => {
                 drop(work.input);
                 for p in poison {
                     let e = RowError {
@@ -395,7 +395,7 @@ impl Scheduler {
                     work.errors.push(e);
                 }
                 work.errors.sort_by_key(|e| e.row);
-                self.deliver(work.plan, Some(output), work.errors, ctx);
+                self.deliver(work.plan, Some(output), work.errors, counters, ctx);
             }
             Err((error, Some(reservation))) if work.attempts <= self.cfg.max_retries + 1 => {
                 tracing::warn!(batch = done.index, attempt = work.attempts, error = %error, "batch failed, retrying");
@@ -417,6 +417,7 @@ impl Scheduler {
         plan: BatchPlan,
         output: Option<ObjectRef>,
         errors: Vec<RowError>,
+        counters: crate::messages::Counters,
         ctx: &mut Context<Self>,
     ) {
         if let Some(o) = &output {
@@ -428,6 +429,7 @@ impl Scheduler {
             plan,
             output,
             errors,
+            counters,
         });
         ctx.spawn(wrap_future(fut).map(move |res, act: &mut Self, ctx| {
             act.delivering -= 1;

@@ -191,7 +191,14 @@ impl Sink {
             .ok_or(PipelineError::ActorGone("sink shard"))
     }
 
+    fn add_counters(&mut self, counters: &crate::messages::Counters) {
+        for (k, v) in counters {
+            *self.summary.counters.entry(k.clone()).or_default() += v;
+        }
+    }
+
     fn stream_batch(&mut self, d: Deliver, to: &ResultSender) -> Result<(), PipelineError> {
+        self.add_counters(&d.counters);
         let mut batch = ResultBatch::default();
         if let Some(obj) = &d.output {
             obj.set_holder(Holder::Sink);
@@ -246,6 +253,7 @@ impl Sink {
         shard.errors_count += n_err;
         shard.note_batch(d.plan.index);
         let full = shard.count >= self.cfg.todo.shard_batches;
+        self.add_counters(&d.counters);
         self.summary.rows_written += rows;
         self.summary.errors += n_err;
         self.summary.blank_lines += d.plan.blank_lines;

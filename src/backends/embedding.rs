@@ -426,9 +426,20 @@ fn passes(
 }
 
 impl EmbeddingModel {
-    /// Embeddings of `texts`, in order.
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.embed_encoded(&self.tokenize(texts)?)
+    /// Embeddings of `texts`, counting in `out` those longer than
+    /// max_seq_length (`texts_truncated` in the run report).
+    fn embed_counting(
+        &self,
+        texts: &[&str],
+        out: &mut ResultWriter,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let encodings = self.tokenize(texts)?;
+        let cut = encodings
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        out.count("texts_truncated", cut as u64);
+        self.embed_encoded(&encodings)
     }
 
     /// Token ids of `texts` (truncated, not padded).
@@ -643,7 +654,7 @@ impl EmbeddingModel {
         let texts: Vec<&str> = (0..batch.len())
             .map(|i| batch.field(0, i).unwrap_or_default())
             .collect();
-        let vectors = self.embed(&texts)?;
+        let vectors = self.embed_counting(&texts, out)?;
         if let Some((i, bad)) = non_finite(&vectors) {
             return Err(ModelError::for_row(
                 batch.row(i),
@@ -677,7 +688,7 @@ impl EmbeddingModel {
             lists.push(texts);
         }
         let flat: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
-        let vectors = self.embed(&flat)?;
+        let vectors = self.embed_counting(&flat, out)?;
         let mut rows_vectors = Vec::with_capacity(batch.len());
         let mut it = vectors.into_iter();
         for (i, texts) in lists.iter().enumerate() {
