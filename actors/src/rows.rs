@@ -249,10 +249,15 @@ pub struct Line<'a> {
 impl Line<'_> {
     /// Empty or only JSON whitespace.
     pub fn is_blank(&self) -> bool {
-        self.bytes
-            .iter()
-            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        is_blank(self.bytes)
     }
+}
+
+/// Whether a line's bytes are empty or only JSON whitespace.
+pub fn is_blank(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// Splits `data[start..]` into lines, numbering from `first_line`.

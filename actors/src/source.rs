@@ -27,7 +27,7 @@ use crate::input::stream::StreamLines;
 use crate::input::table::{Chunk, TableReader};
 use crate::input::{Input, InputFile, TableFile};
 use crate::messages::{BatchPlan, InputBatch, PlanBatch, ProduceBatch};
-use crate::rows::{data_start, Lines, RequestSchema};
+use crate::rows::{data_start, is_blank, Lines, RequestSchema};
 
 pub use crate::input::{RowLimits, Validation};
 
@@ -214,11 +214,7 @@ impl Source {
                 },
                 _ => unreachable!("cut_lines reads a feed or a stream"),
             };
-            let is_blank = matches!(&self.reader, Reader::Stream(_))
-                && line
-                    .iter()
-                    .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
-            if is_blank {
+            if matches!(&self.reader, Reader::Stream(_)) && is_blank(&line) {
                 blank += 1;
             } else {
                 rows += 1;

@@ -123,12 +123,7 @@ impl StreamFile {
             .next_line(&mut buf, limits.max_line_bytes + 1)?
             .is_some()
         {
-            let line = Line {
-                number: 0,
-                offset: 0,
-                bytes: &buf,
-            };
-            if !line.is_blank() {
+            if !crate::rows::is_blank(&buf) {
                 rows += 1;
             }
         }

@@ -483,8 +483,6 @@ struct Piece {
 pub struct Chunk {
     /// Rows read (good and bad).
     pub count: usize,
-    /// The 0-based row number of the first.
-    pub first_row: u64,
     /// Each good row's 0-based row number.
     pub rows: UInt64Array,
     /// Each good row's 1-based row within its file.
@@ -756,7 +754,6 @@ fn convert(
     );
     Ok(Chunk {
         count,
-        first_row,
         rows: UInt64Array::from(rows),
         lines: UInt64Array::from(lines),
         fields,
