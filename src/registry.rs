@@ -9,20 +9,47 @@ use stook_actors::Backend;
 
 use crate::config::{parse_value, ConfigProblem, ModelConfig};
 
-/// A backend's `[model.options]` table, parsed on request into its own type.
-#[derive(Clone, Debug, Default)]
-pub struct BackendOptions(toml::Table);
+/// A backend's `[model.options]` table, parsed on request into its own
+/// type, and what the job tells every backend about how it will run.
+#[derive(Clone, Debug)]
+pub struct BackendOptions {
+    table: toml::Table,
+    cpu_models: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self::new(toml::Table::new())
+    }
+}
 
 impl BackendOptions {
     /// Options from a TOML table.
     pub fn new(table: toml::Table) -> Self {
-        BackendOptions(table)
+        BackendOptions {
+            table,
+            cpu_models: 1,
+        }
+    }
+
+    /// Says that `n` models of this backend may compute at once on the CPU
+    /// (one per actor with `compute = "actors"`).
+    pub fn with_cpu_models(mut self, n: usize) -> Self {
+        self.cpu_models = n.max(1);
+        self
+    }
+
+    /// How many models of this backend may compute at once on the CPU (1
+    /// unless the job says more): a backend that runs a model on several
+    /// threads shares the cores among them.
+    pub fn cpu_models(&self) -> usize {
+        self.cpu_models
     }
 
     /// Deserialises the options; errors name their `model.options.*` key.
     /// Use `#[serde(deny_unknown_fields)]` on `T` so that typos are errors.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Vec<ConfigProblem>> {
-        parse_value(toml::Value::Table(self.0.clone()), "model.options").map_err(|p| vec![p])
+        parse_value(toml::Value::Table(self.table.clone()), "model.options").map_err(|p| vec![p])
     }
 }
 
@@ -75,6 +102,16 @@ impl BackendRegistry {
 
     /// Builds the backend a `[model]` section names.
     pub fn create(&self, model: &ModelConfig) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
+        self.create_with(model, 1)
+    }
+
+    /// Builds the backend a `[model]` section names, for a job that runs
+    /// up to `cpu_models` of its models at once on the CPU.
+    pub fn create_with(
+        &self,
+        model: &ModelConfig,
+        cpu_models: usize,
+    ) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
         let Some(entry) = self.entries.get(&model.backend) else {
             return Err(vec![ConfigProblem::new(
                 "model.backend",
@@ -85,7 +122,7 @@ impl BackendRegistry {
                 ),
             )]);
         };
-        (entry.factory)(&BackendOptions::new(model.options.clone()))
+        (entry.factory)(&BackendOptions::new(model.options.clone()).with_cpu_models(cpu_models))
     }
 
     /// Registered names, sorted.

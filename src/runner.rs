@@ -168,8 +168,14 @@ impl Job {
         registry: &BackendRegistry,
         config_path: &Path,
     ) -> Result<Self, RunError> {
+        // Every actor of a pool owns a model; workers of a tasks pool
+        // share one.
+        let cpu_models = match config.batch.compute {
+            crate::config::Compute::Actors => config.batch.num_actors,
+            crate::config::Compute::Tasks => 1,
+        };
         let backend = registry
-            .create(&config.model)
+            .create_with(&config.model, cpu_models)
             .map_err(|problems| ConfigErrors {
                 path: config_path.to_path_buf(),
                 problems,

@@ -107,25 +107,32 @@ fn embeddings_agree_with_sentence_transformers_through_the_pipeline() {
 }
 
 #[test]
-fn embeddings_are_byte_identical_across_compute_modes_actor_counts_and_runs() {
-    // For a given config (the batch size decides each forward pass's
-    // padding, so it is part of the config's fingerprint).
+fn embeddings_are_byte_identical_across_batching_threads_compute_modes_and_actor_counts() {
+    // On the CPU a text's vector depends on its own tokens only: not on
+    // the batch, the pass it shares, the thread count or the actor count.
     let dir = tempdir();
     let input = fixture("sentences.jsonl");
     let mut outputs = Vec::new();
-    for (name, compute, actors) in [
-        ("a", Compute::Actors, 1),
-        ("b", Compute::Tasks, 2),
-        ("c", Compute::Actors, 2),
+    for (name, size, compute, actors, extra) in [
+        ("a", 64, Compute::Actors, 1, ""),
+        ("b", 64, Compute::Tasks, 2, ""),
+        ("c", 64, Compute::Actors, 2, "threads = 1"),
+        ("d", 7, Compute::Actors, 1, "micro_batch = 3\nthreads = 2"),
+        ("e", 256, Compute::Actors, 1, "micro_batch_tokens = 300"),
     ] {
         let out = dir.path().join(name);
-        run(embedding_config(&input, &out, 64, compute, actors)).unwrap();
+        let mut c = embedding_config(&input, &out, size, compute, actors);
+        let more: toml::Table = toml::from_str(extra).unwrap();
+        c.model.options.extend(more);
+        run(c).unwrap();
         outputs.push(output_bytes(&out));
     }
-    assert!(
-        outputs.iter().all(|o| *o == outputs[0]),
-        "outputs differ between compute modes or actor counts"
-    );
+    for (o, name) in outputs.iter().zip(["a", "b", "c", "d", "e"]) {
+        assert!(
+            *o == outputs[0],
+            "run {name}'s output differs from run a's (batching, threads or actors changed a vector)"
+        );
+    }
 }
 
 #[test]

@@ -4,16 +4,13 @@
 //! Against candle-transformers' stock `BertModel`: the attention mask is a
 //! finite bias in the model's dtype (the stock one multiplies by f32::MIN,
 //! which is −inf in f16/bf16 and turns padded rows into NaN); query, key and
-//! value are one matrix product; activations stay (tokens, hidden) matrices
-//! (no broadcast products, no transposes around the projections); and on
-//! the CPU in f32, attention, bias + GELU and bias + residual + layer norm
-//! are the fused kernels of [`super::kernels`].
+//! value are one matrix product; and activations stay (tokens, hidden)
+//! matrices (no broadcast products, no transposes around the projections).
+//! On the CPU in f32 the same weights run in [`super::cpu_bert`] instead.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
-
-use super::kernels;
 
 /// Added to a padded key's score: e^−10000 is 0 in every float type, and
 /// −10000 is finite in f16 and bf16.
@@ -26,30 +23,40 @@ struct Layer {
     up: Linear,
     down: Linear,
     out_norm: LayerNorm,
-    /// The CPU f32 kernels' copies of biases and norms, when they run.
-    fused: Option<Fused>,
 }
 
-/// A layer's fused steps after its three projections.
-struct Fused {
-    attn: kernels::AddNorm,
-    up: kernels::BiasGelu,
-    out: kernels::AddNorm,
+/// A loaded encoder's weights, borrowed.
+pub struct Weights<'a> {
+    /// Word vectors (vocab × hidden).
+    pub word: &'a Tensor,
+    /// Position vectors (positions × hidden).
+    pub position: &'a Tensor,
+    /// Token type vectors (types × hidden).
+    pub token_type: &'a Tensor,
+    /// The embeddings' layer norm.
+    pub embed_norm: &'a LayerNorm,
+    /// The layers, in order.
+    pub layers: Vec<LayerWeights<'a>>,
+    /// Attention heads.
+    pub heads: usize,
+    /// Every layer norm's epsilon.
+    pub eps: f64,
 }
 
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    t.to_dtype(DType::F32)?.to_vec1()
-}
-
-/// `LayerNorm(y + linear's bias + residual)` as one kernel.
-fn add_norm(linear: &Linear, norm: &VarBuilder, eps: f64) -> Result<kernels::AddNorm> {
-    let h = linear.weight().dim(0)?;
-    Ok(kernels::AddNorm {
-        bias: linear.bias().map(host).transpose()?.unwrap_or(vec![0.0; h]),
-        gamma: host(&norm.get(h, "weight")?)?,
-        beta: host(&norm.get(h, "bias")?)?,
-        eps: eps as f32,
-    })
+/// One layer's weights, borrowed (query, key and value as one).
+pub struct LayerWeights<'a> {
+    /// Query, key and value projections as one.
+    pub qkv: &'a Linear,
+    /// Attention output projection.
+    pub attn_out: &'a Linear,
+    /// Layer norm after attention.
+    pub attn_norm: &'a LayerNorm,
+    /// Intermediate (up) projection.
+    pub up: &'a Linear,
+    /// Output (down) projection.
+    pub down: &'a Linear,
+    /// Layer norm at the layer's end.
+    pub out_norm: &'a LayerNorm,
 }
 
 /// A loaded encoder.
@@ -62,6 +69,7 @@ pub struct Bert {
     heads: usize,
     hidden: usize,
     act: HiddenAct,
+    eps: f64,
     device: Device,
     dtype: DType,
 }
@@ -102,20 +110,6 @@ impl Bert {
             let attn_out = linear(h, h, a.pp("output.dense"))?;
             let up = linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?;
             let down = linear(cfg.intermediate_size, h, l.pp("output.dense"))?;
-            let fused = if vb.device().is_cpu()
-                && vb.dtype() == DType::F32
-                && cfg.hidden_act == HiddenAct::Gelu
-            {
-                Some(Fused {
-                    attn: add_norm(&attn_out, &a.pp("output.LayerNorm"), cfg.layer_norm_eps)?,
-                    up: kernels::BiasGelu {
-                        bias: up.bias().map(host).transpose()?.unwrap_or_default(),
-                    },
-                    out: add_norm(&down, &l.pp("output.LayerNorm"), cfg.layer_norm_eps)?,
-                })
-            } else {
-                None
-            };
             layers.push(Layer {
                 qkv,
                 attn_out,
@@ -123,7 +117,6 @@ impl Bert {
                 up,
                 down,
                 out_norm: layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?,
-                fused,
             });
         }
         Ok(Bert {
@@ -135,14 +128,40 @@ impl Bert {
             heads: cfg.num_attention_heads,
             hidden: h,
             act: cfg.hidden_act,
+            eps: cfg.layer_norm_eps,
             device: vb.device().clone(),
             dtype: vb.dtype(),
         })
     }
 
-    /// Whether the fused CPU kernels run (the CPU, in f32).
-    fn fused(&self) -> bool {
-        self.device.is_cpu() && self.dtype == DType::F32
+    /// Whether [`super::cpu_bert::CpuBert`] can run these weights: the CPU,
+    /// f32, exact-erf GELU.
+    pub fn cpu_f32(&self) -> bool {
+        self.device.is_cpu() && self.dtype == DType::F32 && self.act == HiddenAct::Gelu
+    }
+
+    /// The weights, borrowed.
+    pub fn weights(&self) -> Weights<'_> {
+        Weights {
+            word: &self.word,
+            position: &self.position,
+            token_type: &self.token_type,
+            embed_norm: &self.embed_norm,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    qkv: &l.qkv,
+                    attn_out: &l.attn_out,
+                    attn_norm: &l.attn_norm,
+                    up: &l.up,
+                    down: &l.down,
+                    out_norm: &l.out_norm,
+                })
+                .collect(),
+            heads: self.heads,
+            eps: self.eps,
+        }
     }
 
     /// Token vectors (rows, len, hidden) for `ids` (rows × len, row-major,
@@ -159,32 +178,14 @@ impl Bert {
             .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?
             .reshape((rows * len, self.hidden))?;
         let mut x = self.embed_norm.forward(&x)?;
-        let bias = if self.fused() {
-            None
-        } else {
-            let mut b = vec![0f32; rows * len];
-            for (r, &n) in lens.iter().enumerate() {
-                b[r * len + n.min(len)..(r + 1) * len].fill(MASKED);
-            }
-            Some(Tensor::from_vec(b, (rows, 1, 1, len), &self.device)?.to_dtype(self.dtype)?)
-        };
+        let mut b = vec![0f32; rows * len];
+        for (r, &n) in lens.iter().enumerate() {
+            b[r * len + n.min(len)..(r + 1) * len].fill(MASKED);
+        }
+        let bias = Tensor::from_vec(b, (rows, 1, 1, len), &self.device)?.to_dtype(self.dtype)?;
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
-            let ctx = match &bias {
-                None => qkv.apply_op1_no_bwd(&kernels::Attention {
-                    lens: lens.to_vec(),
-                    len,
-                    heads: self.heads,
-                })?,
-                Some(bias) => self.attention(&qkv, bias, rows, len)?,
-            };
-            if let Some(f) = &layer.fused {
-                let product = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
-                let a = product(&ctx, &layer.attn_out)?.apply_op2_no_bwd(&x, &f.attn)?;
-                let up = product(&a, &layer.up)?.apply_op1_no_bwd(&f.up)?;
-                x = product(&up, &layer.down)?.apply_op2_no_bwd(&a, &f.out)?;
-                continue;
-            }
+            let ctx = self.attention(&qkv, &bias, rows, len)?;
             let a = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
@@ -199,7 +200,7 @@ impl Bert {
         x.reshape((rows, len, self.hidden))
     }
 
-    /// Attention with candle's ops (GPUs, half precision).
+    /// Attention with candle's ops.
     fn attention(&self, qkv: &Tensor, bias: &Tensor, rows: usize, len: usize) -> Result<Tensor> {
         let d = self.hidden / self.heads;
         let split = |i: usize| {

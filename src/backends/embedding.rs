@@ -28,6 +28,7 @@ use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSche
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::bert::Bert;
+use super::cpu_bert::CpuBert;
 use super::sheaf;
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
@@ -66,6 +67,10 @@ pub struct EmbeddingOptions {
     /// The request and response shapes: `text` or `sheaf`.
     #[serde(default)]
     pub schema: Schema,
+    /// CPU threads per model; by default the cores divided among the
+    /// models the job runs at once (one per actor).
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 /// `[model.options] schema`.
@@ -243,6 +248,8 @@ impl ModelFolder {
 pub struct Embedding {
     opts: EmbeddingOptions,
     folder: ModelFolder,
+    /// CPU threads per model.
+    threads: usize,
 }
 
 /// Builds `embedding` from its options; reads the folder, loads nothing.
@@ -260,8 +267,22 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
             "expected at least 1, found 0",
         )]);
     }
+    if opts.threads == Some(0) {
+        return Err(vec![ConfigProblem::new(
+            "model.options.threads",
+            "expected at least 1, found 0 (leave it out to use every core)",
+        )]);
+    }
     let folder = ModelFolder::read(&opts.path, &opts).map_err(|p| vec![p])?;
-    Ok(Arc::new(Embedding { opts, folder }))
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = opts
+        .threads
+        .unwrap_or((cores / options.cpu_models()).max(1));
+    Ok(Arc::new(Embedding {
+        opts,
+        folder,
+        threads,
+    }))
 }
 
 fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
@@ -367,6 +388,14 @@ impl Embedding {
         }
         .map_err(model_error("model.safetensors"))?;
         let bert = Bert::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))?;
+        let encoder = if bert.cpu_f32() {
+            Encoder::Cpu(
+                CpuBert::new(&bert, self.threads)
+                    .map_err(|e| ModelError::new(format!("loading BERT: {e}")))?,
+            )
+        } else {
+            Encoder::Candle(bert)
+        };
         let mut tokenizer = Tokenizer::from_file(self.folder.dir.join("tokenizer.json"))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
         // The folder's tokenizer.json fixes padding and truncation at 128;
@@ -383,7 +412,7 @@ impl Embedding {
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
         Ok(EmbeddingModel {
             schema: self.opts.schema,
-            bert,
+            encoder,
             tokenizer,
             device: dev,
             folder: self.folder.clone(),
@@ -393,9 +422,16 @@ impl Embedding {
     }
 }
 
+/// The encoder a model runs: the CPU one in f32, candle's ops otherwise
+/// (GPUs, half precision).
+enum Encoder {
+    Cpu(CpuBert),
+    Candle(Bert),
+}
+
 struct EmbeddingModel {
     schema: Schema,
-    bert: Bert,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     device: candle_core::Device,
     folder: ModelFolder,
@@ -426,20 +462,52 @@ fn passes(
 }
 
 impl EmbeddingModel {
-    /// Embeddings of `texts`, counting in `out` those longer than
-    /// max_seq_length (`texts_truncated` in the run report).
+    /// Embeddings of `texts`, in order, counting in `out` those longer
+    /// than max_seq_length (`texts_truncated` in the run report).
+    ///
+    /// Two stages: a tokenizer thread tokenizes groups of texts of similar
+    /// size (sorted by bytes, cut into passes by an estimate of their
+    /// tokens) and hands them over a bounded channel to this thread, which
+    /// runs the model on one group while the next is tokenized.
     fn embed_counting(
         &self,
         texts: &[&str],
         out: &mut ResultWriter,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let encodings = self.tokenize(texts)?;
-        let cut = encodings
-            .iter()
-            .filter(|e| !e.get_overflowing().is_empty())
-            .count();
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let estimate: Vec<usize> = order.iter().map(|&i| texts[i].len() / 4 + 2).collect();
+        let groups = passes(&estimate, self.micro_batch, self.micro_tokens);
+        let order = &order;
+        let mut vectors = vec![Vec::new(); texts.len()];
+        let mut cut = 0;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            std::thread::Builder::new()
+                .name("stook-tokenizer".into())
+                .spawn_scoped(scope, move || {
+                    for g in groups {
+                        let group: Vec<&str> = order[g.clone()].iter().map(|&i| texts[i]).collect();
+                        if tx.send((g, self.tokenize(&group))).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| ModelError::new(format!("starting the tokenizer thread: {e}")))?;
+            for (g, encodings) in rx {
+                let encodings = encodings?;
+                cut += encodings
+                    .iter()
+                    .filter(|e| !e.get_overflowing().is_empty())
+                    .count();
+                for (&i, v) in order[g].iter().zip(self.embed_encoded(&encodings)?) {
+                    vectors[i] = v;
+                }
+            }
+            Ok::<_, ModelError>(())
+        })?;
         out.count("texts_truncated", cut as u64);
-        self.embed_encoded(&encodings)
+        Ok(vectors)
     }
 
     /// Token ids of `texts` (truncated, not padded).
@@ -461,6 +529,16 @@ impl EmbeddingModel {
             .collect();
         for range in passes(&lens, self.micro_batch, self.micro_tokens) {
             let chunk = &order[range];
+            if let Encoder::Cpu(cpu) = &self.encoder {
+                let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+                let vectors = cpu
+                    .embed(&ids, self.folder.pooling, self.folder.normalize)
+                    .map_err(|e| ModelError::new(format!("forward: {e}")))?;
+                for (&i, v) in chunk.iter().zip(vectors) {
+                    out[i] = v;
+                }
+                continue;
+            }
             let len = chunk
                 .iter()
                 .map(|&i| encodings[i].get_ids().len())
@@ -485,16 +563,19 @@ impl EmbeddingModel {
         Ok(out)
     }
 
-    /// Pooled (and normalised) vectors of one padded pass.
+    /// Pooled (and normalised) vectors of one padded pass through candle.
     fn forward(
         &self,
         ids: &[u32],
         lens: &[usize],
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let Encoder::Candle(bert) = &self.encoder else {
+            candle_core::bail!("internal: padded pass on the CPU encoder");
+        };
         let n = lens.len();
         // Pooling sums over tokens: in f32 whatever the model's dtype.
-        let hidden = self.bert.forward(ids, lens, len)?.to_dtype(DType::F32)?; // (n, len, dim)
+        let hidden = bert.forward(ids, lens, len)?.to_dtype(DType::F32)?; // (n, len, dim)
         let mut mask = vec![0f32; n * len];
         for (r, &l) in lens.iter().enumerate() {
             mask[r * len..r * len + l].fill(1.0);
@@ -607,7 +688,16 @@ pub fn stage_times(
         let r = f();
         (r, t.elapsed().as_secs_f64())
     }
-    let (model, load) = timed(|| Embedding { opts, folder }.load_model(device));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = opts.threads.unwrap_or(cores);
+    let (model, load) = timed(|| {
+        Embedding {
+            opts,
+            folder,
+            threads,
+        }
+        .load_model(device)
+    });
     let model = model?;
     let chunks: Vec<Vec<&str>> = texts
         .chunks(batch.max(1))

@@ -1,16 +1,10 @@
-//! CPU kernels for the BERT encoder, in f32, where candle's generic ops
-//! spend the time: GELU with exact erf (candle calls scalar libm per
-//! element), attention (candle materialises scores, mask and softmax as
-//! separate tensors, twice batch × heads × len²), and the bias adds,
-//! residual adds and layer norms that would each be a pass over fresh
-//! memory (fused with their neighbours).
-//!
-//! Both are candle custom ops, so the encoder stays one tensor program.
-//! Both use branch-free polynomial erf and exp that the compiler turns
-//! into SIMD code; on x86-64 they run in an AVX2+FMA build of the same
-//! code when the CPU has it (an AVX-512 build measured slower here).
+//! Elementwise and per-row kernels of the CPU encoder ([`super::cpu_bert`]),
+//! in f32, in place: GELU with exact erf, residual add + layer norm, and
+//! softmax. erf and exp are branch-free polynomials the compiler turns into
+//! SIMD code; on x86-64 the kernels run in an AVX2+FMA build of the same
+//! code when the CPU has it (an AVX-512 build measured slower here). The
+//! parallel ones run on the current rayon pool.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape};
 use rayon::prelude::*;
 
 /// erf(x), within 2e-7 of libm's: the rational approximation used by
@@ -42,7 +36,10 @@ pub fn exp_neg(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 × 2^23: adding it rounds to an integer
     let x = x.clamp(-87.0, 0.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // n + ROUND holds the integer n in its low mantissa bits: read 2^n's
+    // exponent from there (a float-to-int cast would not vectorise).
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = r.mul_add(1.0 / 720.0, 1.0 / 120.0);
     p = r.mul_add(p, 1.0 / 24.0);
@@ -50,7 +47,34 @@ pub fn exp_neg(x: f32) -> f32 {
     p = r.mul_add(p, 0.5);
     p = r.mul_add(p, 1.0);
     p = r.mul_add(p, 1.0);
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32;
+    p * f32::from_bits(exponent << 23)
+}
+
+/// A reduction of `v` in 16 interleaved lanes (which the compiler keeps in
+/// vector registers; a single running value would keep the loop scalar),
+/// then across the lanes and the tail: `step(acc, x)` per value,
+/// `merge(a, b)` to combine.
+#[inline(always)]
+fn lanes(
+    v: &[f32],
+    init: f32,
+    step: impl Fn(f32, f32) -> f32,
+    merge: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = v.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = step(*a, x);
+        }
+    }
+    let mut r = tail.iter().fold(init, |a, &x| step(a, x));
+    for a in acc {
+        r = merge(r, a);
+    }
+    r
 }
 
 /// Runs `$body` in an AVX2+FMA copy when the CPU has those, else as built.
@@ -73,202 +97,89 @@ macro_rules! simd_dispatch {
     };
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: expected an f32 tensor");
-    };
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{op}: expected a contiguous tensor"),
-    }
-}
-
-simd_dispatch!(bias_gelu_row(src: &[f32], bias: &[f32], dst: &mut [f32]) {
-    for ((d, &x), &b) in dst.iter_mut().zip(src).zip(bias) {
-        let x = x + b;
-        *d = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+simd_dispatch!(gelu_row(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
     }
 });
 
-/// GELU with exact erf (BERT's `gelu`, PyTorch's default) of a matrix
-/// product plus its bias, in one pass: input (tokens, n), bias (n).
-pub struct BiasGelu {
-    /// The projection's bias.
-    pub bias: Vec<f32>,
-}
-
-impl CustomOp1 for BiasGelu {
-    fn name(&self) -> &'static str {
-        "bias-gelu-erf"
+simd_dispatch!(add_norm_row(y: &mut [f32], residual: &[f32], norm: &Norm) {
+    for (y, &r) in y.iter_mut().zip(residual) {
+        *y += r;
     }
+    normalize(y, norm);
+});
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(storage, layout, self.name())?;
-        let n = self.bias.len();
-        if n == 0 || src.len() % n != 0 {
-            candle_core::bail!("bias-gelu: {} values do not fit rows of {n}", src.len());
-        }
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(n)
-            .zip(src.par_chunks(n))
-            .for_each(|(d, s)| bias_gelu_row(s, &self.bias, d));
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
+simd_dispatch!(norm_row(y: &mut [f32], norm: &Norm) {
+    normalize(y, norm);
+});
+
+#[inline(always)]
+fn normalize(y: &mut [f32], norm: &Norm) {
+    let n = y.len() as f32;
+    let mean = lanes(y, 0.0, |a, v| a + v, |a, b| a + b) / n;
+    let var = lanes(y, 0.0, |a, v| a + (v - mean) * (v - mean), |a, b| a + b) / n;
+    let inv = 1.0 / (var + norm.eps).sqrt();
+    for ((y, &g), &b) in y.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
+        *y = (*y - mean) * inv * g + b;
     }
 }
 
-simd_dispatch!(add_norm_row(
-    y: &[f32], residual: &[f32], op: &AddNorm, out: &mut [f32]
-) {
-    let n = out.len() as f32;
-    let mut sum = 0.0;
-    for (((o, &y), &r), &b) in out.iter_mut().zip(y).zip(residual).zip(&op.bias) {
-        *o = y + b + r;
-        sum += *o;
+simd_dispatch!(softmax_row(s: &mut [f32]) {
+    let max = lanes(s, f32::NEG_INFINITY, f32::max, f32::max);
+    for v in s.iter_mut() {
+        *v = exp_neg(*v - max);
     }
-    let mean = sum / n;
-    let mut var = 0.0;
-    for o in out.iter() {
-        var += (o - mean) * (o - mean);
-    }
-    let inv = 1.0 / (var / n + op.eps).sqrt();
-    for ((o, &g), &b) in out.iter_mut().zip(&op.gamma).zip(&op.beta) {
-        *o = (*o - mean) * inv * g + b;
+    let inv = 1.0 / lanes(s, 0.0, |a, v| a + v, |a, b| a + b);
+    for v in s.iter_mut() {
+        *v *= inv;
     }
 });
 
-/// `LayerNorm(y + bias + residual)` per row in one pass: a projection's
-/// bias, the residual connection and the layer norm after it.
-pub struct AddNorm {
-    /// The projection's bias.
-    pub bias: Vec<f32>,
-    /// The layer norm's scale.
+/// A layer norm's parameters.
+pub struct Norm {
+    /// Scale.
     pub gamma: Vec<f32>,
-    /// The layer norm's shift.
+    /// Shift.
     pub beta: Vec<f32>,
-    /// The layer norm's epsilon.
+    /// Epsilon.
     pub eps: f32,
 }
 
-impl CustomOp2 for AddNorm {
-    fn name(&self) -> &'static str {
-        "bias-residual-layernorm"
-    }
+/// Rows of `width` values handed to one task of the parallel kernels.
+const TASK_ROWS: usize = 32;
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = contiguous_f32(s1, l1, self.name())?;
-        let r = contiguous_f32(s2, l2, self.name())?;
-        let n = self.bias.len();
-        if n == 0 || y.len() != r.len() || y.len() % n != 0 {
-            candle_core::bail!(
-                "add-norm: shapes {:?} and {:?} do not fit rows of {n}",
-                l1.shape(),
-                l2.shape()
-            );
-        }
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(n)
-            .zip(y.par_chunks(n))
-            .zip(r.par_chunks(n))
-            .for_each(|((o, y), r)| add_norm_row(y, r, self, o));
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
+/// GELU with exact erf (BERT's `gelu`, PyTorch's default), in place.
+pub fn gelu(v: &mut [f32], width: usize) {
+    v.par_chunks_mut(width * TASK_ROWS).for_each(gelu_row);
 }
 
-/// Self-attention over a fused projection: input (rows × len, 3 × hidden)
-/// holding each token's query, key and value; output (rows × len, hidden),
-/// the heads side by side, ready for the output projection. Row `b`'s keys
-/// past `lens[b]` are padding and get no weight; its padded queries give
-/// zeros (no real token reads them).
-pub struct Attention {
-    /// Real tokens per row.
-    pub lens: Vec<usize>,
-    /// Tokens per row, padded.
-    pub len: usize,
-    /// Heads.
-    pub heads: usize,
+/// `y = LayerNorm(y + residual)` per row of `norm`'s width.
+pub fn add_norm(y: &mut [f32], residual: &[f32], norm: &Norm) {
+    let w = norm.gamma.len() * TASK_ROWS;
+    y.par_chunks_mut(w)
+        .zip(residual.par_chunks(w))
+        .for_each(|(y, r)| {
+            for (y, r) in y
+                .chunks_mut(norm.gamma.len())
+                .zip(r.chunks(norm.gamma.len()))
+            {
+                add_norm_row(y, r, norm);
+            }
+        });
 }
 
-simd_dispatch!(attend_row(
-    qkv: &[f32], out: &mut [f32], len: usize, real: usize, heads: usize,
-    scratch: &mut Vec<f32>
-) {
-    let hidden = out.len() / len;
-    let d = hidden / heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    // Per head: keys transposed (d × real) and values (real × d) gathered
-    // contiguously, so that every inner loop runs along contiguous memory
-    // without a reduction (the compiler vectorises those).
-    scratch.clear();
-    scratch.resize(2 * real * d + real, 0.0);
-    let (kv, scores) = scratch.split_at_mut(2 * real * d);
-    let (keys_t, values) = kv.split_at_mut(real * d);
-    for h in 0..heads {
-        for j in 0..real {
-            let t = &qkv[j * 3 * hidden..(j + 1) * 3 * hidden];
-            for (k, &x) in t[hidden + h * d..hidden + (h + 1) * d].iter().enumerate() {
-                keys_t[k * real + j] = x;
-            }
-            values[j * d..(j + 1) * d]
-                .copy_from_slice(&t[2 * hidden + h * d..2 * hidden + (h + 1) * d]);
-        }
-        for i in 0..real {
-            let q = &qkv[i * 3 * hidden + h * d..i * 3 * hidden + (h + 1) * d];
-            scores.fill(0.0);
-            for (k, &qk) in q.iter().enumerate() {
-                let qk = qk * scale;
-                for (s, &kt) in scores.iter_mut().zip(&keys_t[k * real..(k + 1) * real]) {
-                    *s = qk.mul_add(kt, *s);
-                }
-            }
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            for s in scores.iter_mut() {
-                *s = exp_neg(*s - max);
-            }
-            let inv_total = 1.0 / scores.iter().sum::<f32>();
-            let o = &mut out[i * hidden + h * d..i * hidden + (h + 1) * d];
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let w = p * inv_total;
-                for (o, v) in o.iter_mut().zip(&values[j * d..(j + 1) * d]) {
-                    *o = w.mul_add(*v, *o);
-                }
-            }
-        }
-    }
-    out[real * hidden..].fill(0.0);
-});
+/// `y = LayerNorm(y)` per row.
+pub fn layer_norm(y: &mut [f32], norm: &Norm) {
+    y.par_chunks_mut(norm.gamma.len())
+        .with_min_len(TASK_ROWS)
+        .for_each(|y| norm_row(y, norm));
+}
 
-impl CustomOp1 for Attention {
-    fn name(&self) -> &'static str {
-        "fused-attention"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(storage, layout, self.name())?;
-        let (tokens, width) = layout.shape().dims2()?;
-        let rows = self.lens.len();
-        if tokens != rows * self.len || !width.is_multiple_of(3 * self.heads) {
-            candle_core::bail!(
-                "fused-attention: shape ({tokens}, {width}) does not fit {rows} rows of {} tokens and {} heads",
-                self.len,
-                self.heads
-            );
-        }
-        let hidden = width / 3;
-        let mut out = vec![0f32; tokens * hidden];
-        out.par_chunks_mut(self.len * hidden)
-            .zip(qkv.par_chunks(self.len * width))
-            .zip(self.lens.par_iter())
-            .for_each_init(Vec::new, |scratch, ((o, q), &real)| {
-                attend_row(q, o, self.len, real.clamp(1, self.len), self.heads, scratch)
-            });
-        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
+/// Softmax of each row of `width` values, in place.
+pub fn softmax(s: &mut [f32], width: usize) {
+    for row in s.chunks_mut(width) {
+        softmax_row(row);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Built-in backends. Each registers through the same path a host uses.
 
 mod bert;
+mod cpu_bert;
 pub mod echo;
 pub mod embedding;
 mod kernels;
