@@ -2,8 +2,10 @@
 # stook's embedding backend against sentence-transformers, in one run, on
 # the same corpus (../shared/data/fortunes-4000.jsonl.gz, or $CORPUS):
 # sentence-transformers `encode` (PyTorch CPU, 2 threads, batch 64) and
-# `stook run` end to end (JSONL in, JSONL out), and each model's forward
-# alone (pre-tokenized). Prints sentences/s, the ratios, and peak RSS. Installs sentence-transformers from PyPI
+# `stook run` end to end (JSONL in, JSONL out) with its default of two
+# actors of one thread each on 2 cores, and with one actor of two threads;
+# and each model's forward alone (pre-tokenized). Prints sentences/s, the
+# ratios, and peak RSS. Installs sentence-transformers from PyPI
 # into .venv-st the first time (a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,11 +57,14 @@ backend = "embedding"
 path = "../../models/all-MiniLM-L6-v2"
 [batch]
 size = ${BATCH:-1024}
-num_actors = 1
 [memory]
 object_store = "256MiB"
 TOML
+# The defaults (two actors on 2 cores, threads = cores / actors = 1), then
+# one actor with every core.
 ./target/release/stook run --fresh --json "$work/job.toml" > "$work/stook.json"
+sed 's/^\[batch\]$/[batch]\nnum_actors = 1/' "$work/job.toml" > "$work/job-1.toml"
+./target/release/stook run --fresh --json "$work/job-1.toml" > "$work/stook-1.json"
 ./target/release/stook bench stages --json --input "$work/input.jsonl" --batch "${BATCH:-1024}" \
   > "$work/stages.json"
 
@@ -68,6 +73,7 @@ import json, sys
 work, n = sys.argv[1], int(sys.argv[2])
 st = json.load(open(f"{work}/st.json"))
 sk = json.load(open(f"{work}/stook.json"))
+sk1 = json.load(open(f"{work}/stook-1.json"))
 sg = json.load(open(f"{work}/stages.json"))
 st_rate = st["rows"] / st["seconds"]
 sk_rate = sk["rows_per_second"]
@@ -76,7 +82,9 @@ print(f"corpus: {n} sentences")
 print("| system | sentences/s | × sentence-transformers | × compute floor (480/s) | peak RSS |")
 print("| --- | ---: | ---: | ---: | ---: |")
 print(f"| sentence-transformers encode (PyTorch CPU, 2 threads, batch 64) | {st_rate:.0f} | 1.00 | {st_rate/floor:.2f} | {st['peak_rss_bytes']/2**20:.0f} MiB |")
-print(f"| stook run, embedding backend (candle, end to end) | {sk_rate:.0f} | {sk_rate/st_rate:.2f} | {sk_rate/floor:.2f} | {sk['peak_rss_bytes']/2**20:.0f} MiB |")
+print(f"| stook run, embedding backend (end to end; 2 actors × 1 thread, the default) | {sk_rate:.0f} | {sk_rate/st_rate:.2f} | {sk_rate/floor:.2f} | {sk['peak_rss_bytes']/2**20:.0f} MiB |")
+r1 = sk1["rows_per_second"]
+print(f"| stook run, 1 actor × 2 threads | {r1:.0f} | {r1/st_rate:.2f} | {r1/floor:.2f} | {sk1['peak_rss_bytes']/2**20:.0f} MiB |")
 pf = st["rows"] / st["forward_seconds"]
 print(f"| PyTorch forward alone (pre-tokenized, sorted, batch 64) | {pf:.0f} | {pf/st_rate:.2f} | {pf/floor:.2f} | |")
 sf = sg["texts"] / sg["forward"]
