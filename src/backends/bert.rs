@@ -25,38 +25,38 @@ struct Layer {
     out_norm: LayerNorm,
 }
 
-/// A loaded encoder's weights, borrowed.
-pub struct Weights<'a> {
+/// A loaded encoder's weights, taken apart.
+pub struct Weights {
     /// Word vectors (vocab × hidden).
-    pub word: &'a Tensor,
+    pub word: Tensor,
     /// Position vectors (positions × hidden).
-    pub position: &'a Tensor,
+    pub position: Tensor,
     /// Token type vectors (types × hidden).
-    pub token_type: &'a Tensor,
+    pub token_type: Tensor,
     /// The embeddings' layer norm.
-    pub embed_norm: &'a LayerNorm,
+    pub embed_norm: LayerNorm,
     /// The layers, in order.
-    pub layers: Vec<LayerWeights<'a>>,
+    pub layers: Vec<LayerWeights>,
     /// Attention heads.
     pub heads: usize,
     /// Every layer norm's epsilon.
     pub eps: f64,
 }
 
-/// One layer's weights, borrowed (query, key and value as one).
-pub struct LayerWeights<'a> {
+/// One layer's weights (query, key and value as one).
+pub struct LayerWeights {
     /// Query, key and value projections as one.
-    pub qkv: &'a Linear,
+    pub qkv: Linear,
     /// Attention output projection.
-    pub attn_out: &'a Linear,
+    pub attn_out: Linear,
     /// Layer norm after attention.
-    pub attn_norm: &'a LayerNorm,
+    pub attn_norm: LayerNorm,
     /// Intermediate (up) projection.
-    pub up: &'a Linear,
+    pub up: Linear,
     /// Output (down) projection.
-    pub down: &'a Linear,
+    pub down: Linear,
     /// Layer norm at the layer's end.
-    pub out_norm: &'a LayerNorm,
+    pub out_norm: LayerNorm,
 }
 
 /// A loaded encoder.
@@ -134,29 +134,23 @@ impl Bert {
         })
     }
 
-    /// Whether [`super::cpu_bert::CpuBert`] can run these weights: the CPU,
-    /// f32, exact-erf GELU.
-    pub fn cpu_f32(&self) -> bool {
-        self.device.is_cpu() && self.dtype == DType::F32 && self.act == HiddenAct::Gelu
-    }
-
-    /// The weights, borrowed.
-    pub fn weights(&self) -> Weights<'_> {
+    /// The weights, taken apart.
+    pub fn into_weights(self) -> Weights {
         Weights {
-            word: &self.word,
-            position: &self.position,
-            token_type: &self.token_type,
-            embed_norm: &self.embed_norm,
+            word: self.word,
+            position: self.position,
+            token_type: self.token_type,
+            embed_norm: self.embed_norm,
             layers: self
                 .layers
-                .iter()
+                .into_iter()
                 .map(|l| LayerWeights {
-                    qkv: &l.qkv,
-                    attn_out: &l.attn_out,
-                    attn_norm: &l.attn_norm,
-                    up: &l.up,
-                    down: &l.down,
-                    out_norm: &l.out_norm,
+                    qkv: l.qkv,
+                    attn_out: l.attn_out,
+                    attn_norm: l.attn_norm,
+                    up: l.up,
+                    down: l.down,
+                    out_norm: l.out_norm,
                 })
                 .collect(),
             heads: self.heads,

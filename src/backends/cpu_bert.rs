@@ -17,7 +17,7 @@
 //! shares or the number of threads), so results are byte-identical however
 //! rows are batched.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
 use gemm::{gemm, Parallelism};
@@ -62,8 +62,8 @@ fn first(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut v[..n]
 }
 
-/// A loaded CPU encoder.
-pub struct CpuBert {
+/// The weights as host copies, shared by every model of a backend.
+pub struct CpuWeights {
     word: Vec<f32>,
     position: Vec<f32>,
     token_type: Vec<f32>,
@@ -73,6 +73,11 @@ pub struct CpuBert {
     hidden: usize,
     vocab: usize,
     max_positions: usize,
+}
+
+/// A loaded CPU encoder: shared weights, its own threads and buffers.
+pub struct CpuBert {
+    w: Arc<CpuWeights>,
     pool: rayon::ThreadPool,
     /// Free buffers; concurrent passes (workers sharing the model) each
     /// take one.
@@ -110,43 +115,55 @@ fn norm(n: &candle_nn::LayerNorm, eps: f64) -> candle_core::Result<Norm> {
     })
 }
 
-impl CpuBert {
-    /// Copies `bert`'s weights (loaded on the CPU) into the CPU encoder,
-    /// which runs on its own pool of `threads` threads.
-    pub fn new(bert: &Bert, threads: usize) -> Result<Self, String> {
-        let w = bert.weights();
+impl CpuWeights {
+    /// Copies `bert`'s weights (loaded on the CPU), dropping each of
+    /// candle's tensors once copied, so that the two copies never coexist
+    /// whole.
+    pub fn new(bert: Bert) -> Result<Self, String> {
         let err = |e: candle_core::Error| e.to_string();
+        let w = bert.into_weights();
+        let (vocab, hidden) = w.word.dims2().map_err(err)?;
+        let word = host(&w.word).map_err(err)?;
+        drop(w.word);
         let layers = w
             .layers
-            .iter()
+            .into_iter()
             .map(|l| {
                 Ok(Layer {
-                    qkv: linear(l.qkv)?,
-                    attn_out: linear(l.attn_out)?,
-                    attn_norm: norm(l.attn_norm, w.eps)?,
-                    up: linear(l.up)?,
-                    down: linear(l.down)?,
-                    out_norm: norm(l.out_norm, w.eps)?,
+                    qkv: linear(&l.qkv)?,
+                    attn_out: linear(&l.attn_out)?,
+                    attn_norm: norm(&l.attn_norm, w.eps)?,
+                    up: linear(&l.up)?,
+                    down: linear(&l.down)?,
+                    out_norm: norm(&l.out_norm, w.eps)?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()
             .map_err(err)?;
-        let (vocab, hidden) = w.word.dims2().map_err(err)?;
+        Ok(CpuWeights {
+            word,
+            position: host(&w.position).map_err(err)?,
+            token_type: host(&w.token_type.narrow(0, 0, 1).map_err(err)?).map_err(err)?,
+            embed_norm: norm(&w.embed_norm, w.eps).map_err(err)?,
+            max_positions: w.position.dim(0).map_err(err)?,
+            layers,
+            heads: w.heads,
+            hidden,
+            vocab,
+        })
+    }
+}
+
+impl CpuBert {
+    /// An encoder over `w` running on its own pool of `threads` threads.
+    pub fn new(w: Arc<CpuWeights>, threads: usize) -> Result<Self, String> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("stook-model-{i}"))
             .build()
             .map_err(|e| format!("starting {threads} threads: {e}"))?;
         Ok(CpuBert {
-            word: host(w.word).map_err(err)?,
-            position: host(w.position).map_err(err)?,
-            token_type: host(&w.token_type.narrow(0, 0, 1).map_err(err)?).map_err(err)?,
-            embed_norm: norm(w.embed_norm, w.eps).map_err(err)?,
-            max_positions: w.position.dim(0).map_err(err)?,
-            layers,
-            heads: w.heads,
-            hidden,
-            vocab,
+            w,
             pool,
             scratch: Mutex::new(Vec::new()),
         })
@@ -163,17 +180,17 @@ impl CpuBert {
         let mut offsets = Vec::with_capacity(texts.len() + 1);
         offsets.push(0);
         for t in texts {
-            if t.len() > self.max_positions {
+            if t.len() > self.w.max_positions {
                 return Err(format!(
                     "{} tokens, more than the model's {} positions",
                     t.len(),
-                    self.max_positions
+                    self.w.max_positions
                 ));
             }
-            if let Some(id) = t.iter().find(|&&id| id as usize >= self.vocab) {
+            if let Some(id) = t.iter().find(|&&id| id as usize >= self.w.vocab) {
                 return Err(format!(
                     "token id {id} outside the vocabulary ({})",
-                    self.vocab
+                    self.w.vocab
                 ));
             }
             offsets.push(offsets.last().copied().unwrap_or(0) + t.len());
@@ -187,7 +204,7 @@ impl CpuBert {
             .unwrap_or_default();
         let vectors = self.pool.install(|| {
             let states = self.forward(texts, &offsets, &mut scratch);
-            pool(states, &offsets, self.hidden, pooling, normalize)
+            pool(states, &offsets, self.w.hidden, pooling, normalize)
         });
         if let Ok(mut free) = self.scratch.lock() {
             free.push(scratch);
@@ -202,8 +219,8 @@ impl CpuBert {
         offsets: &[usize],
         scratch: &'s mut Scratch,
     ) -> &'s [f32] {
-        let (h, tokens) = (self.hidden, offsets[offsets.len() - 1]);
-        let inter = self.layers.first().map_or(0, |l| l.up.out);
+        let (h, tokens) = (self.w.hidden, offsets[offsets.len() - 1]);
+        let inter = self.w.layers.first().map_or(0, |l| l.up.out);
         let Scratch { x, qkv, ctx, y, up } = scratch;
         let x = first(x, tokens * h);
         let qkv = first(qkv, tokens * 3 * h);
@@ -211,7 +228,7 @@ impl CpuBert {
         let y = first(y, tokens * h);
         let up = first(up, tokens * inter);
         self.embeddings(texts, offsets, x);
-        for l in &self.layers {
+        for l in &self.w.layers {
             self.project(&l.qkv, x, qkv);
             self.attention(qkv, offsets, ctx);
             self.project(&l.attn_out, ctx, y);
@@ -226,22 +243,22 @@ impl CpuBert {
 
     /// Word + position + token type (0) vectors, layer-normed.
     fn embeddings(&self, texts: &[&[u32]], offsets: &[usize], x: &mut [f32]) {
-        let h = self.hidden;
+        let h = self.w.hidden;
         split_rows(x, offsets, h)
             .into_par_iter()
             .zip(texts.par_iter())
             .for_each(|(rows, ids)| {
                 for (p, (row, &id)) in rows.chunks_mut(h).zip(ids.iter()).enumerate() {
-                    let word = &self.word[id as usize * h..(id as usize + 1) * h];
-                    let pos = &self.position[p * h..(p + 1) * h];
+                    let word = &self.w.word[id as usize * h..(id as usize + 1) * h];
+                    let pos = &self.w.position[p * h..(p + 1) * h];
                     for (((o, &w), &q), &t) in
-                        row.iter_mut().zip(word).zip(pos).zip(&self.token_type)
+                        row.iter_mut().zip(word).zip(pos).zip(&self.w.token_type)
                     {
                         *o = w + q + t;
                     }
                 }
             });
-        kernels::layer_norm(x, &self.embed_norm);
+        kernels::layer_norm(x, &self.w.embed_norm);
     }
 
     /// `y = x · Wᵀ + b` for every token row of `x`.
@@ -286,7 +303,7 @@ impl CpuBert {
     /// = Q·Kᵀ/√d, softmax, then · V, into `ctx` (tokens × hidden, heads
     /// side by side).
     fn attention(&self, qkv: &[f32], offsets: &[usize], ctx: &mut [f32]) {
-        let (h, heads) = (self.hidden, self.heads);
+        let (h, heads) = (self.w.hidden, self.w.heads);
         let d = h / heads;
         let scale = 1.0 / (d as f32).sqrt();
         let starts = &offsets[..offsets.len() - 1];

@@ -16,11 +16,11 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::Config as BertConfig;
+use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
 use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -28,7 +28,7 @@ use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSche
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use super::bert::Bert;
-use super::cpu_bert::CpuBert;
+use super::cpu_bert::{CpuBert, CpuWeights};
 use super::sheaf;
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
@@ -250,6 +250,9 @@ pub struct Embedding {
     folder: ModelFolder,
     /// CPU threads per model.
     threads: usize,
+    /// The CPU models' weights, loaded by the first and shared while any
+    /// model holds them.
+    cpu_weights: Mutex<Weak<CpuWeights>>,
 }
 
 /// Builds `embedding` from its options; reads the folder, loads nothing.
@@ -278,11 +281,7 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
     let threads = opts
         .threads
         .unwrap_or((cores / options.cpu_models()).max(1));
-    Ok(Arc::new(Embedding {
-        opts,
-        folder,
-        threads,
-    }))
+    Ok(Arc::new(Embedding::new(opts, folder, threads)))
 }
 
 fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
@@ -371,6 +370,34 @@ impl Backend for Embedding {
 }
 
 impl Embedding {
+    fn new(opts: EmbeddingOptions, folder: ModelFolder, threads: usize) -> Self {
+        Embedding {
+            opts,
+            folder,
+            threads,
+            cpu_weights: Mutex::new(Weak::new()),
+        }
+    }
+
+    /// Whether models on `device` run the CPU encoder (f32, exact GELU).
+    fn cpu_f32(&self, device: &Device) -> bool {
+        *device == Device::Cpu
+            && self.opts.dtype == Precision::F32
+            && self.folder.bert.hidden_act == HiddenAct::Gelu
+    }
+
+    /// The weights on `dev`, through candle.
+    fn load_bert(&self, dev: &candle_core::Device) -> Result<Bert, ModelError> {
+        let weights = self.folder.dir.join("model.safetensors");
+        // SAFETY: the weights file is mapped read-only; it must not change
+        // while stook runs (its checksum is in the manifest's fingerprint).
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights], self.opts.dtype.dtype(), dev)
+        }
+        .map_err(model_error("model.safetensors"))?;
+        Bert::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))
+    }
+
     fn load_model(&self, device: &Device) -> Result<EmbeddingModel, ModelError> {
         let dev = match device {
             Device::Cpu => candle_core::Device::Cpu,
@@ -380,21 +407,21 @@ impl Embedding {
                 ))
             })?,
         };
-        let weights = self.folder.dir.join("model.safetensors");
-        // SAFETY: the weights file is mapped read-only; it must not change
-        // while stook runs (its checksum is in the manifest's fingerprint).
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&weights], self.opts.dtype.dtype(), &dev)
-        }
-        .map_err(model_error("model.safetensors"))?;
-        let bert = Bert::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))?;
-        let encoder = if bert.cpu_f32() {
-            Encoder::Cpu(
-                CpuBert::new(&bert, self.threads)
-                    .map_err(|e| ModelError::new(format!("loading BERT: {e}")))?,
-            )
+        let encoder = if self.cpu_f32(device) {
+            let loading = |e| ModelError::new(format!("loading BERT: {e}"));
+            // Held while loading, so that actors loading at once load once.
+            let mut shared = self.cpu_weights.lock().unwrap_or_else(|p| p.into_inner());
+            let weights = match shared.upgrade() {
+                Some(w) => w,
+                None => {
+                    let w = Arc::new(CpuWeights::new(self.load_bert(&dev)?).map_err(loading)?);
+                    *shared = Arc::downgrade(&w);
+                    w
+                }
+            };
+            Encoder::Cpu(CpuBert::new(weights, self.threads).map_err(loading)?)
         } else {
-            Encoder::Candle(bert)
+            Encoder::Candle(self.load_bert(&dev)?)
         };
         let mut tokenizer = Tokenizer::from_file(self.folder.dir.join("tokenizer.json"))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
@@ -690,14 +717,7 @@ pub fn stage_times(
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = opts.threads.unwrap_or(cores);
-    let (model, load) = timed(|| {
-        Embedding {
-            opts,
-            folder,
-            threads,
-        }
-        .load_model(device)
-    });
+    let (model, load) = timed(|| Embedding::new(opts, folder, threads).load_model(device));
     let model = model?;
     let chunks: Vec<Vec<&str>> = texts
         .chunks(batch.max(1))
