@@ -322,3 +322,79 @@ fn the_stage_benchmark_times_tokenizer_forward_and_writer_apart() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--device: expected cpu or cuda:N"));
 }
+
+#[test]
+fn sigkill_during_embedding_then_resume_gives_the_same_bytes() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempdir();
+    let input = fixture("sentences.jsonl");
+    let job = |name: &str| {
+        let out = dir.path().join(name);
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[input]\npath = {input:?}\n[output]\npath = {out:?}\n\
+                 [model]\nbackend = \"embedding\"\n[model.options]\npath = {:?}\n\
+                 [batch]\nsize = 8\n[checkpoint]\nshard_rows = 16\n",
+                model_dir()
+            ),
+        )
+        .unwrap();
+        (cfg, out)
+    };
+    let (cfg, reference_out) = job("reference");
+    let o = Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reference = output_bytes(&reference_out);
+
+    // 14 shards of 16 rows: each round is killed once its run has
+    // committed `grow` more of them (and a few ms more), mid-run.
+    let (cfg, out) = job("killed");
+    let committed = || {
+        std::fs::read_to_string(out.join("_manifest.jsonl"))
+            .map(|m| m.lines().filter(|l| l.contains("\"shard\"")).count())
+            .unwrap_or(0)
+    };
+    let mut killed = 0;
+    for (grow, extra_ms) in [(1, 0), (2, 7), (1, 3), (3, 0), (2, 11)] {
+        let before = committed();
+        let mut child = Command::new(stook_bin())
+            .args(["run", cfg.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while committed() < before + grow
+            && child.try_wait().unwrap().is_none()
+            && start.elapsed() < Duration::from_secs(120)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let o = child.wait_with_output().unwrap();
+        match o.status.code() {
+            None => killed += 1,
+            Some(0) => {}
+            Some(c) => panic!("exit {c}: {}", String::from_utf8_lossy(&o.stderr)),
+        }
+    }
+    assert!(killed >= 3, "only {killed} of 5 runs were killed mid-run");
+    let o = Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        output_bytes(&out) == reference,
+        "resumed output differs from the uninterrupted run's"
+    );
+    assert!(out.join("_SUCCESS").exists());
+}
