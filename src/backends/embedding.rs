@@ -277,11 +277,7 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
         )]);
     }
     let folder = ModelFolder::read(&opts.path, &opts).map_err(|p| vec![p])?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = opts
-        .threads
-        .unwrap_or((cores / options.cpu_models()).max(1));
-    Ok(Arc::new(Embedding::new(opts, folder, threads)))
+    Ok(Arc::new(Embedding::new(opts, folder, options.cpu_models())))
 }
 
 fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
@@ -370,7 +366,11 @@ impl Backend for Embedding {
 }
 
 impl Embedding {
-    fn new(opts: EmbeddingOptions, folder: ModelFolder, threads: usize) -> Self {
+    /// A backend whose job runs up to `cpu_models` models at once on the
+    /// CPU: each gets its share of the cores unless `threads` says.
+    fn new(opts: EmbeddingOptions, folder: ModelFolder, cpu_models: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = opts.threads.unwrap_or((cores / cpu_models.max(1)).max(1));
         Embedding {
             opts,
             folder,
@@ -715,9 +715,7 @@ pub fn stage_times(
         let r = f();
         (r, t.elapsed().as_secs_f64())
     }
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = opts.threads.unwrap_or(cores);
-    let (model, load) = timed(|| Embedding::new(opts, folder, threads).load_model(device));
+    let (model, load) = timed(|| Embedding::new(opts, folder, 1).load_model(device));
     let model = model?;
     let chunks: Vec<Vec<&str>> = texts
         .chunks(batch.max(1))
