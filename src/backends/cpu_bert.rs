@@ -24,7 +24,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::bert::Bert;
-use super::embedding::Pooling;
+use super::embedding::{l2_normalize, Pooling};
 use super::kernels::{self, Norm};
 
 /// A projection: `y = x · Wᵀ + b`, W (out × in) row-major.
@@ -415,8 +415,7 @@ fn pool(
                 }
             }
             if normalize {
-                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                v.iter_mut().for_each(|x| *x /= n);
+                l2_normalize(&mut v);
             }
             v
         })

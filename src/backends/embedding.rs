@@ -120,6 +120,12 @@ fn default_micro_tokens() -> usize {
     4096
 }
 
+/// Divides `v` by its L2 norm (at least 1e-12, as sentence-transformers).
+pub fn l2_normalize(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
 /// How token vectors become one sentence vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pooling {
@@ -812,8 +818,7 @@ impl EmbeddingModel {
             let normalize = batch.field(sheaf::NORMALIZE, i) != Some("false");
             if normalize && !self.folder.normalize {
                 for v in &mut vs {
-                    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                    v.iter_mut().for_each(|x| *x /= n);
+                    l2_normalize(v);
                 }
             }
             rows_vectors.push(vs);

@@ -156,17 +156,11 @@ pub fn gelu(v: &mut [f32], width: usize) {
 
 /// `y = LayerNorm(y + residual)` per row of `norm`'s width.
 pub fn add_norm(y: &mut [f32], residual: &[f32], norm: &Norm) {
-    let w = norm.gamma.len() * TASK_ROWS;
-    y.par_chunks_mut(w)
-        .zip(residual.par_chunks(w))
-        .for_each(|(y, r)| {
-            for (y, r) in y
-                .chunks_mut(norm.gamma.len())
-                .zip(r.chunks(norm.gamma.len()))
-            {
-                add_norm_row(y, r, norm);
-            }
-        });
+    let n = norm.gamma.len();
+    y.par_chunks_mut(n)
+        .zip(residual.par_chunks(n))
+        .with_min_len(TASK_ROWS)
+        .for_each(|(y, r)| add_norm_row(y, r, norm));
 }
 
 /// `y = LayerNorm(y)` per row.
