@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The embedding backend on an NVIDIA GPU, beside sentence-transformers
 # `encode` and a raw PyTorch forward (SDPA attention), in one run, on the
-# same sentences. Runs on the GPU machine, from a kit that
+# same sentences; stook's packed passes (the default) beside padded ones.
+# Runs on the GPU machine, from a kit that
 # scripts/gpu-kit.sh builds on any machine (a `--features cuda` stook
 # binary, the model in f16, the corpus):
 #   KIT=.gpu scripts/bench-gpu.sh
@@ -26,7 +27,7 @@ for _ in $(seq "$reps"); do cat "$kit/input.jsonl"; done > "$work/input.jsonl"
 n=$(wc -l < "$work/input.jsonl")
 echo "corpus: $n sentences ($reps × $(wc -l < "$kit/input.jsonl"))"
 model=$(realpath "$kit/model")
-run() { # name dtype actors
+run() { # name dtype actors [attention]
   cat > "$work/$1.toml" <<TOML
 [input]
 path = "input.jsonl"
@@ -39,6 +40,7 @@ path = "$model"
 dtype = "$2"
 micro_batch = 512
 micro_batch_tokens = 65536
+attention = "${4:-packed}"
 [batch]
 size = 4096
 num_actors = $3
@@ -49,11 +51,14 @@ TOML
   "$stook" run --fresh --json "$work/$1.toml" > "$work/$1.json"
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"stook {sys.argv[2]:<10} {r['rows']} rows {r['wall_seconds']:.2f} s {r['rows_per_second']:.0f} sentences/s devices {r['devices']} peak RSS {r['peak_rss_bytes']/2**20:.0f} MiB\")" "$work/$1.json" "$1"
 }
-"$stook" bench stages --input "$work/input.jsonl" --model "$model" --device cuda:0 --dtype f16 \
-  --batch 4096 --micro-batch 512 --micro-batch-tokens 65536
+for attention in packed padded; do
+  "$stook" bench stages --input "$work/input.jsonl" --model "$model" --device cuda:0 --dtype f16 \
+    --batch 4096 --micro-batch 512 --micro-batch-tokens 65536 --attention $attention
+done
 run f16-1 f16 1
 run f16-2 f16 2
 run f16-4 f16 4
+run f16-2-padded f16 2 padded
 run bf16-2 bf16 2
 run f32-2 f32 2
 python3 - "$work" "$model" "$kit/input.jsonl" <<'PY'
@@ -88,7 +93,7 @@ print(f"PyTorch raw forward f16 SDPA batch 256, pre-tokenized, pooled: {len(text
 st32 = SentenceTransformer(model, device=dev).float()
 few = [json.loads(l)["text"] for l in open(small, encoding="utf-8")]
 ref = torch.tensor(st32.encode(few, batch_size=256))
-for name in ["f16-1", "f16-2", "bf16-2", "f32-2"]:
+for name in ["f16-1", "f16-2", "f16-2-padded", "bf16-2", "f32-2"]:
     got = []
     with open(f"{work}/out-{name}/part-00000.jsonl") as f:
         for l in f:

@@ -107,6 +107,49 @@ fn embeddings_agree_with_sentence_transformers_through_the_pipeline() {
 }
 
 #[test]
+fn half_precision_packed_and_padded_passes_agree_with_sentence_transformers() {
+    // In f16 and bf16 the model runs on candle's encoder, as on a GPU:
+    // packed passes (stook's attention and pooling ops; their CUDA kernels
+    // are checked in tests/cuda_kernels.rs) and padded ones (candle's
+    // batched products under a mask) must both give the reference vectors.
+    let dir = tempdir();
+    let want = vectors(&std::fs::read(fixture("minilm-reference.jsonl")).unwrap());
+    for (dtype, attention, bound) in [
+        ("f16", "packed", 0.9999),
+        ("f16", "padded", 0.9999),
+        ("bf16", "packed", 0.999),
+    ] {
+        let out = dir.path().join(format!("{dtype}-{attention}"));
+        let mut c = embedding_config(&fixture("sentences.jsonl"), &out, 64, Compute::Actors, 1);
+        let more: toml::Table =
+            toml::from_str(&format!("dtype = {dtype:?}\nattention = {attention:?}")).unwrap();
+        c.model.options.extend(more);
+        run(c).unwrap();
+        let got = vectors(&output_bytes(&out));
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|((gi, g), (wi, w))| {
+                assert_eq!(gi, wi);
+                assert!(g.iter().all(|x| x.is_finite()), "row {gi}: not finite");
+                (cosine(g, w), *gi)
+            })
+            .fold((1.0f64, 0u64), |a, b| if b.0 < a.0 { b } else { a });
+        eprintln!(
+            "{dtype} {attention}: lowest cosine {:.7} (row {})",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 >= bound,
+            "{dtype} {attention}: row {} has cosine {} to sentence-transformers",
+            worst.1,
+            worst.0
+        );
+    }
+}
+
+#[test]
 fn embeddings_are_byte_identical_across_batching_threads_compute_modes_and_actor_counts() {
     // On the CPU a text's vector depends on its own tokens only: not on
     // the batch, the pass it shares, the thread count or the actor count.

@@ -9,6 +9,8 @@
 //! On the CPU in f32 the same weights run in [`super::cpu_bert`] instead.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
+
+use super::packed;
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
@@ -180,18 +182,57 @@ impl Bert {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = self.attention(&qkv, &bias, rows, len)?;
-            let a = layer
-                .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let up = layer.up.forward(&a)?;
-            let up = match self.act {
-                HiddenAct::Gelu => up.gelu_erf()?,
-                HiddenAct::GeluApproximate => up.gelu()?,
-                HiddenAct::Relu => up.relu()?,
-            };
-            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)?;
+            x = self.after_attention(layer, &ctx, &x)?;
         }
         x.reshape((rows, len, self.hidden))
+    }
+
+    /// Whether [`Bert::forward_packed`] has kernels for this model's heads.
+    pub fn packs(&self) -> bool {
+        packed::HEAD_SIZES.contains(&(self.hidden / self.heads))
+    }
+
+    /// Pooled f32 vectors (texts × hidden) of texts packed end to end:
+    /// `ids` holds every text's tokens, text `s` at `starts[s] ..
+    /// starts[s + 1]`; no padding, so no mask. The mean of each text's
+    /// token vectors, or its first (`cls`).
+    pub fn forward_packed(&self, ids: &[u32], starts: &[u32], cls: bool) -> Result<Tensor> {
+        let longest = starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        let positions: Vec<u32> = starts.windows(2).flat_map(|w| 0..w[1] - w[0]).collect();
+        let tokens = ids.len();
+        let starts = Tensor::from_slice(starts, starts.len(), &self.device)?;
+        let ids = Tensor::from_slice(ids, tokens, &self.device)?;
+        let positions = Tensor::from_vec(positions, tokens, &self.device)?;
+        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
+            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
+        let mut x = self.embed_norm.forward(&x)?;
+        let attention = packed::Attention {
+            heads: self.heads,
+            longest: longest as usize,
+        };
+        for layer in &self.layers {
+            let ctx = layer
+                .qkv
+                .forward(&x)?
+                .apply_op2_no_bwd(&starts, &attention)?;
+            x = self.after_attention(layer, &ctx, &x)?;
+        }
+        x.apply_op2_no_bwd(&starts, &packed::Pool { cls })
+    }
+
+    /// The rest of a layer after attention: output projection, residual
+    /// and norm, feed-forward, residual and norm.
+    fn after_attention(&self, layer: &Layer, ctx: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let a = layer
+            .attn_norm
+            .forward(&(layer.attn_out.forward(ctx)? + x)?)?;
+        let up = layer.up.forward(&a)?;
+        let up = match self.act {
+            HiddenAct::Gelu => up.gelu_erf()?,
+            HiddenAct::GeluApproximate => up.gelu()?,
+            HiddenAct::Relu => up.relu()?,
+        };
+        layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)
     }
 
     /// Attention with candle's ops.

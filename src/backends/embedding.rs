@@ -71,6 +71,22 @@ pub struct EmbeddingOptions {
     /// models the job runs at once (one per actor).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// How candle's encoder (GPUs, half precision) runs attention.
+    #[serde(default)]
+    pub attention: Attention,
+}
+
+/// `[model.options] attention`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Attention {
+    /// A pass's texts end to end, no padding: stook's attention and
+    /// pooling kernels (head sizes 32 and 64; other models run `padded`).
+    #[default]
+    Packed,
+    /// Passes padded to their longest text, attention as candle's
+    /// batched matrix products with a mask.
+    Padded,
 }
 
 /// `[model.options] schema`.
@@ -427,7 +443,12 @@ impl Embedding {
             };
             Encoder::Cpu(CpuBert::new(weights, self.threads).map_err(loading)?)
         } else {
-            Encoder::Candle(self.load_bert(&dev)?)
+            let bert = self.load_bert(&dev)?;
+            let packed = self.opts.attention == Attention::Packed && bert.packs();
+            if self.opts.attention == Attention::Packed && !packed {
+                tracing::info!("no packed attention kernels for this head size: padded attention");
+            }
+            Encoder::Candle { bert, packed }
         };
         let mut tokenizer = Tokenizer::from_file(self.folder.dir.join("tokenizer.json"))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
@@ -456,10 +477,10 @@ impl Embedding {
 }
 
 /// The encoder a model runs: the CPU one in f32, candle's ops otherwise
-/// (GPUs, half precision).
+/// (GPUs, half precision), on packed or padded passes.
 enum Encoder {
     Cpu(CpuBert),
-    Candle(Bert),
+    Candle { bert: Bert, packed: bool },
 }
 
 struct EmbeddingModel {
@@ -572,6 +593,26 @@ impl EmbeddingModel {
                 }
                 continue;
             }
+            if let Encoder::Candle { bert, packed: true } = &self.encoder {
+                let mut ids = Vec::new();
+                let mut starts = vec![0u32];
+                for &i in chunk {
+                    ids.extend_from_slice(encodings[i].get_ids());
+                    starts.push(ids.len() as u32);
+                }
+                let cls = self.folder.pooling == Pooling::Cls;
+                let pooled = bert
+                    .forward_packed(&ids, &starts, cls)
+                    .and_then(|t| t.to_vec2::<f32>())
+                    .map_err(model_error("forward"))?;
+                for (&i, mut v) in chunk.iter().zip(pooled) {
+                    if self.folder.normalize {
+                        l2_normalize(&mut v);
+                    }
+                    out[i] = v;
+                }
+                continue;
+            }
             let len = chunk
                 .iter()
                 .map(|&i| encodings[i].get_ids().len())
@@ -603,7 +644,7 @@ impl EmbeddingModel {
         lens: &[usize],
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let Encoder::Candle(bert) = &self.encoder else {
+        let Encoder::Candle { bert, .. } = &self.encoder else {
             candle_core::bail!("internal: padded pass on the CPU encoder");
         };
         let n = lens.len();

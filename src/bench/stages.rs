@@ -33,6 +33,9 @@ pub struct StagesBench {
     /// Padded tokens per forward pass at most.
     #[arg(long, default_value_t = 4096)]
     pub micro_batch_tokens: usize,
+    /// `packed` or `padded` (the encoder on GPUs and in half precision).
+    #[arg(long, default_value = "packed")]
+    pub attention: String,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -65,6 +68,7 @@ pub fn stages(args: &StagesBench) -> Result<(), Box<dyn std::error::Error>> {
     let mut table = toml::Table::new();
     table.insert("path".into(), args.model.display().to_string().into());
     table.insert("dtype".into(), args.dtype.clone().into());
+    table.insert("attention".into(), args.attention.clone().into());
     table.insert("micro_batch".into(), (args.micro_batch as i64).into());
     table.insert(
         "micro_batch_tokens".into(),
@@ -74,7 +78,8 @@ pub fn stages(args: &StagesBench) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         println!("{}", serde_json::to_string(&t)?);
     } else {
-        print!("{}", render(&t, &args.device, &args.dtype));
+        let precision = format!("{}, {} attention", args.dtype, args.attention);
+        print!("{}", render(&t, &args.device, &precision));
     }
     Ok(())
 }
