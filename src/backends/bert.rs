@@ -25,6 +25,19 @@ struct Layer {
     up: Linear,
     down: Linear,
     out_norm: LayerNorm,
+    /// For the packed passes: the output projection's bias | the norm's
+    /// scale | its shift, and the same for the layer's end.
+    attn_params: Option<Tensor>,
+    out_params: Option<Tensor>,
+}
+
+/// `bias | gamma | beta` of a projection followed by a layer norm, as one
+/// vector ([`packed::AddNorm`]'s parameters); None if one is missing.
+fn add_norm_params(bias: Option<&Tensor>, norm: &LayerNorm) -> Result<Option<Tensor>> {
+    match (bias, norm.bias()) {
+        (Some(b), Some(beta)) => Ok(Some(Tensor::cat(&[b, norm.weight(), beta], 0)?)),
+        _ => Ok(None),
+    }
 }
 
 /// A loaded encoder's weights, taken apart.
@@ -63,6 +76,9 @@ pub struct LayerWeights {
 
 /// A loaded encoder.
 pub struct Bert {
+    /// For the packed passes: the first token type's vector | the
+    /// embeddings' norm scale | its shift.
+    embed_params: Option<Tensor>,
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
@@ -112,16 +128,21 @@ impl Bert {
             let attn_out = linear(h, h, a.pp("output.dense"))?;
             let up = linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?;
             let down = linear(cfg.intermediate_size, h, l.pp("output.dense"))?;
+            let attn_norm = layer_norm(h, cfg.layer_norm_eps, a.pp("output.LayerNorm"))?;
+            let out_norm = layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?;
             layers.push(Layer {
+                attn_params: add_norm_params(attn_out.bias(), &attn_norm)?,
+                out_params: add_norm_params(down.bias(), &out_norm)?,
                 qkv,
                 attn_out,
-                attn_norm: layer_norm(h, cfg.layer_norm_eps, a.pp("output.LayerNorm"))?,
+                attn_norm,
                 up,
                 down,
-                out_norm: layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?,
+                out_norm,
             });
         }
         Ok(Bert {
+            embed_params: add_norm_params(Some(&token_type.get(0)?), &embed_norm)?,
             word,
             position,
             token_type,
@@ -187,9 +208,19 @@ impl Bert {
         x.reshape((rows, len, self.hidden))
     }
 
-    /// Whether [`Bert::forward_packed`] has kernels for this model's heads.
+    /// Whether [`Bert::forward_packed`] has kernels for this model: head
+    /// size 32 or 64, exact GELU, biases and norm shifts throughout.
     pub fn packs(&self) -> bool {
         packed::HEAD_SIZES.contains(&(self.hidden / self.heads))
+            && self.hidden <= packed::NORM_COLS
+            && self.act == HiddenAct::Gelu
+            && self.embed_params.is_some()
+            && self.layers.iter().all(|l| {
+                l.attn_params.is_some()
+                    && l.out_params.is_some()
+                    && l.qkv.bias().is_some()
+                    && l.up.bias().is_some()
+            })
     }
 
     /// Pooled f32 vectors (texts × hidden) of texts packed end to end:
@@ -203,19 +234,31 @@ impl Bert {
         let starts = Tensor::from_slice(starts, starts.len(), &self.device)?;
         let ids = Tensor::from_slice(ids, tokens, &self.device)?;
         let positions = Tensor::from_vec(positions, tokens, &self.device)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
-            .broadcast_add(&self.token_type.narrow(0, 0, 1)?)?;
-        let mut x = self.embed_norm.forward(&x)?;
+        let missing = || candle_core::Error::Msg("packed passes: a bias is missing".into());
+        let norm = packed::AddNorm {
+            eps: self.eps as f32,
+        };
         let attention = packed::Attention {
             heads: self.heads,
             longest: longest as usize,
         };
-        for layer in &self.layers {
-            let ctx = layer
-                .qkv
-                .forward(&x)?
-                .apply_op2_no_bwd(&starts, &attention)?;
-            x = self.after_attention(layer, &ctx, &x)?;
+        // Each projection is a plain product; its bias goes into the next
+        // op: attention, bias + GELU, or bias + residual + layer norm.
+        let project = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
+        let mut x = self.word.index_select(&ids, 0)?.apply_op3_no_bwd(
+            &self.position.index_select(&positions, 0)?,
+            self.embed_params.as_ref().ok_or_else(missing)?,
+            &norm,
+        )?;
+        for l in &self.layers {
+            let qkv_bias = l.qkv.bias().ok_or_else(missing)?;
+            let ctx = project(&x, &l.qkv)?.apply_op3_no_bwd(qkv_bias, &starts, &attention)?;
+            let attn_params = l.attn_params.as_ref().ok_or_else(missing)?;
+            let a = project(&ctx, &l.attn_out)?.apply_op3_no_bwd(&x, attn_params, &norm)?;
+            let up_bias = l.up.bias().ok_or_else(missing)?;
+            let up = project(&a, &l.up)?.apply_op2_no_bwd(up_bias, &packed::BiasGelu)?;
+            let out_params = l.out_params.as_ref().ok_or_else(missing)?;
+            x = project(&up, &l.down)?.apply_op3_no_bwd(&a, out_params, &norm)?;
         }
         x.apply_op2_no_bwd(&starts, &packed::Pool { cls })
     }

@@ -446,7 +446,7 @@ impl Embedding {
             let bert = self.load_bert(&dev)?;
             let packed = self.opts.attention == Attention::Packed && bert.packs();
             if self.opts.attention == Attention::Packed && !packed {
-                tracing::info!("no packed attention kernels for this head size: padded attention");
+                tracing::info!("no packed kernels for this model (head size, activation or biases): padded passes");
             }
             Encoder::Candle { bert, packed }
         };

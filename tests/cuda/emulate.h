@@ -72,3 +72,5 @@ void launch(dim3 grid, dim3 block, F kernel) {
                 for (auto& t : running) t.join();
             }
 }
+
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }

@@ -31,7 +31,8 @@ static void check(const char* what, double err, double bound) {
 }
 
 template <typename T, int D>
-void attention_case(const char* name, void (*kernel)(const T*, const unsigned*, T*, int, float),
+void attention_case(const char* name,
+                    void (*kernel)(const T*, const T*, const unsigned*, T*, int, float),
                     double bound) {
     const int heads = 3, hidden = heads * D;
     const std::vector<unsigned> lens = {1, 2, 31, 32, 33, 70, 150, 5};
@@ -42,8 +43,12 @@ void attention_case(const char* name, void (*kernel)(const T*, const unsigned*, 
     std::uniform_real_distribution<float> u(-3.f, 3.f);
     std::vector<float> raw(tokens * 3 * hidden);
     for (float& x : raw) x = u(rng);
-    const std::vector<T> qkv = to_dtype<T>(raw);
-    const std::vector<float> in = to_float(qkv);  // what the kernel reads
+    std::vector<float> raw_bias(3 * hidden);
+    for (float& x : raw_bias) x = u(rng) / 3;
+    const std::vector<T> qkv = to_dtype<T>(raw), bias = to_dtype<T>(raw_bias);
+    std::vector<float> in = to_float(qkv);  // what the kernel reads, biased
+    const std::vector<float> b = to_float(bias);
+    for (size_t i = 0; i < in.size(); ++i) in[i] += b[i % (3 * hidden)];
     const float scale = 1.f / std::sqrt((float)D);
     // Reference.
     std::vector<double> want(tokens * hidden);
@@ -71,7 +76,7 @@ void attention_case(const char* name, void (*kernel)(const T*, const unsigned*, 
     for (unsigned threads : {32u, 64u, 128u}) {
         std::vector<T> ctx(tokens * hidden, from_f32<T>(NAN));
         launch({(unsigned)lens.size(), (unsigned)heads, 1}, {threads, 1, 1},
-               [&] { kernel(qkv.data(), starts.data(), ctx.data(), hidden, scale); });
+               [&] { kernel(qkv.data(), bias.data(), starts.data(), ctx.data(), hidden, scale); });
         double err = 0;
         const std::vector<float> got = to_float(ctx);
         for (size_t i = 0; i < got.size(); ++i) {
@@ -119,6 +124,69 @@ void pool_case(const char* name, void (*kernel)(const T*, const unsigned*, float
     }
 }
 
+template <typename T>
+void gelu_case(const char* name, void (*kernel)(const T*, const T*, T*, int, int), double bound) {
+    const int rows = 37, cols = 96;
+    std::mt19937 rng(13);
+    std::uniform_real_distribution<float> u(-4.f, 4.f);
+    std::vector<float> raw(rows * cols), raw_bias(cols);
+    for (float& x : raw) x = u(rng);
+    for (float& x : raw_bias) x = u(rng) / 4;
+    const std::vector<T> y = to_dtype<T>(raw), bias = to_dtype<T>(raw_bias);
+    const std::vector<float> in = to_float(y), b = to_float(bias);
+    std::vector<T> out(rows * cols, from_f32<T>(NAN));
+    // Fewer threads than elements: the grid-stride loop covers the rest.
+    launch({5, 1, 1}, {64, 1, 1}, [&] { kernel(y.data(), bias.data(), out.data(), rows, cols); });
+    double err = 0;
+    const std::vector<float> got = to_float(out);
+    for (int i = 0; i < rows * cols; ++i) {
+        const double v = (double)in[i] + b[i % cols];
+        const double want = 0.5 * v * (1 + std::erf(v / std::sqrt(2.0)));
+        const double e = std::fabs(got[i] - want) / std::max(1.0, std::fabs(want));
+        err = std::isnan(e) ? INFINITY : std::max(err, e);
+    }
+    check(name, err, bound);
+}
+
+template <typename T>
+void norm_case(const char* name, void (*kernel)(const T*, const T*, const T*, T*, int, float),
+               double bound) {
+    const float eps = 1e-12f;
+    for (int cols : {384, 1000}) {  // a multiple of the threads and not
+        const int rows = 9;
+        std::mt19937 rng(17);
+        std::uniform_real_distribution<float> u(-3.f, 3.f);
+        std::vector<float> raw_y(rows * cols), raw_r(rows * cols), raw_p(3 * cols);
+        for (float& x : raw_y) x = u(rng);
+        for (float& x : raw_r) x = u(rng) + 2;  // an offset the mean removes
+        for (float& x : raw_p) x = u(rng) / 3;
+        const std::vector<T> y = to_dtype<T>(raw_y), r = to_dtype<T>(raw_r),
+                             p = to_dtype<T>(raw_p);
+        const std::vector<float> fy = to_float(y), fr = to_float(r), fp = to_float(p);
+        std::vector<T> out(rows * cols, from_f32<T>(NAN));
+        launch({(unsigned)rows, 1, 1}, {NORM_THREADS, 1, 1},
+               [&] { kernel(y.data(), r.data(), p.data(), out.data(), cols, eps); });
+        const std::vector<float> got = to_float(out);
+        double err = 0;
+        for (int i = 0; i < rows; ++i) {
+            std::vector<double> v(cols);
+            double mean = 0, var = 0;
+            for (int c = 0; c < cols; ++c) mean += v[c] = (double)fy[i * cols + c] + fp[c] + fr[i * cols + c];
+            mean /= cols;
+            for (double x : v) var += (x - mean) * (x - mean);
+            var /= cols;
+            for (int c = 0; c < cols; ++c) {
+                const double want = (v[c] - mean) / std::sqrt(var + eps) * fp[cols + c] + fp[2 * cols + c];
+                const double e = std::fabs(got[i * cols + c] - want);
+                err = std::isnan(e) ? INFINITY : std::max(err, e);
+            }
+        }
+        char what[64];
+        std::snprintf(what, sizeof what, "%s, %d columns", name, cols);
+        check(what, err, bound);
+    }
+}
+
 int main() {
     // Bounds: half a unit in the last place of the output's type between 2
     // and 4 (outputs are averages of values within ±3), plus f32 arithmetic.
@@ -128,6 +196,14 @@ int main() {
     attention_case<float, 64>("attention f32, head size 64", attention_f32_d64, 1e-5);
     attention_case<__half, 64>("attention f16, head size 64", attention_f16_d64, 1.01e-3);
     attention_case<__nv_bfloat16, 64>("attention bf16, head size 64", attention_bf16_d64, 7.9e-3);
+    // Relative to the value (at least 1): the output type's half unit.
+    gelu_case<float>("bias + GELU f32", bias_gelu_f32, 1e-6);
+    gelu_case<__half>("bias + GELU f16", bias_gelu_f16, 4.9e-4);
+    gelu_case<__nv_bfloat16>("bias + GELU bf16", bias_gelu_bf16, 3.9e-3);
+    // Outputs within ±4: half a unit in the last place between 2 and 4.
+    norm_case<float>("bias + residual + norm f32", bias_residual_norm_f32, 1e-5);
+    norm_case<__half>("bias + residual + norm f16", bias_residual_norm_f16, 1.01e-3);
+    norm_case<__nv_bfloat16>("bias + residual + norm bf16", bias_residual_norm_bf16, 7.9e-3);
     pool_case<float>("pool f32", pool_f32, 1e-5);
     pool_case<__half>("pool f16", pool_f16, 1e-5);
     pool_case<__nv_bfloat16>("pool bf16", pool_bf16, 1e-5);
