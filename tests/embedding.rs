@@ -114,6 +114,7 @@ fn half_precision_packed_and_padded_passes_agree_with_sentence_transformers() {
     // batched products under a mask) must both give the reference vectors.
     let dir = tempdir();
     let want = vectors(&std::fs::read(fixture("minilm-reference.jsonl")).unwrap());
+    let mut outputs = Vec::new();
     for (dtype, attention, bound) in [
         ("f16", "packed", 0.9999),
         ("f16", "padded", 0.9999),
@@ -146,7 +147,15 @@ fn half_precision_packed_and_padded_passes_agree_with_sentence_transformers() {
             worst.1,
             worst.0
         );
+        outputs.push(output_bytes(&out));
     }
+    // The packed run really ran packed passes: a model whose packed ops
+    // disagree with padded ones at load falls back to padded passes, and
+    // the two would then write the same bytes.
+    assert!(
+        outputs[0] != outputs[1],
+        "f16 packed and padded runs wrote the same bytes"
+    );
 }
 
 #[test]

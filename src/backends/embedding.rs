@@ -464,7 +464,7 @@ impl Embedding {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| ModelError::new(format!("tokenizer.json: {e}")))?;
-        Ok(EmbeddingModel {
+        let mut model = EmbeddingModel {
             schema: self.opts.schema,
             encoder,
             tokenizer,
@@ -472,7 +472,9 @@ impl Embedding {
             folder: self.folder.clone(),
             micro_batch: self.opts.micro_batch,
             micro_tokens: self.opts.micro_batch_tokens,
-        })
+        };
+        model.check_packed();
+        Ok(model)
     }
 }
 
@@ -583,70 +585,109 @@ impl EmbeddingModel {
             .collect();
         for range in passes(&lens, self.micro_batch, self.micro_tokens) {
             let chunk = &order[range];
-            if let Encoder::Cpu(cpu) = &self.encoder {
-                let ids: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
-                let vectors = cpu
-                    .embed(&ids, self.folder.pooling, self.folder.normalize)
-                    .map_err(|e| ModelError::new(format!("forward: {e}")))?;
-                for (&i, v) in chunk.iter().zip(vectors) {
-                    out[i] = v;
-                }
-                continue;
-            }
-            if let Encoder::Candle { bert, packed: true } = &self.encoder {
-                let mut ids = Vec::new();
-                let mut starts = vec![0u32];
-                for &i in chunk {
-                    ids.extend_from_slice(encodings[i].get_ids());
-                    starts.push(ids.len() as u32);
-                }
-                let cls = self.folder.pooling == Pooling::Cls;
-                let pooled = bert
-                    .forward_packed(&ids, &starts, cls)
-                    .and_then(|t| t.to_vec2::<f32>())
-                    .map_err(model_error("forward"))?;
-                for (&i, mut v) in chunk.iter().zip(pooled) {
-                    if self.folder.normalize {
-                        l2_normalize(&mut v);
-                    }
-                    out[i] = v;
-                }
-                continue;
-            }
-            let len = chunk
-                .iter()
-                .map(|&i| encodings[i].get_ids().len())
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            let n = chunk.len();
-            let mut ids = vec![0u32; n * len];
-            let mut lens = Vec::with_capacity(n);
-            for (r, &i) in chunk.iter().enumerate() {
-                let t = encodings[i].get_ids();
-                ids[r * len..r * len + t.len()].copy_from_slice(t);
-                lens.push(t.len());
-            }
-            let vectors = self
-                .forward(&ids, &lens, len)
-                .map_err(model_error("forward"))?;
-            for (&i, v) in chunk.iter().zip(vectors) {
+            let texts: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+            for (&i, v) in chunk.iter().zip(self.pass(&texts)?) {
                 out[i] = v;
             }
         }
         Ok(out)
     }
 
+    /// Pooled (and normalised) vectors of one pass's texts (token ids).
+    fn pass(&self, texts: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        match &self.encoder {
+            Encoder::Cpu(cpu) => cpu
+                .embed(texts, self.folder.pooling, self.folder.normalize)
+                .map_err(|e| ModelError::new(format!("forward: {e}"))),
+            Encoder::Candle { bert, packed: true } => self
+                .packed_pass(bert, texts)
+                .map_err(model_error("forward")),
+            Encoder::Candle { bert, .. } => self
+                .padded_pass(bert, texts)
+                .map_err(model_error("forward")),
+        }
+    }
+
+    /// A pass with the texts end to end (no padding).
+    fn packed_pass(&self, bert: &Bert, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let mut ids = Vec::new();
+        let mut starts = vec![0u32];
+        for t in texts {
+            ids.extend_from_slice(t);
+            starts.push(ids.len() as u32);
+        }
+        let cls = self.folder.pooling == Pooling::Cls;
+        let mut pooled = bert.forward_packed(&ids, &starts, cls)?.to_vec2::<f32>()?;
+        if self.folder.normalize {
+            pooled.iter_mut().for_each(|v| l2_normalize(v));
+        }
+        Ok(pooled)
+    }
+
+    /// A pass padded to its longest text.
+    fn padded_pass(&self, bert: &Bert, texts: &[&[u32]]) -> candle_core::Result<Vec<Vec<f32>>> {
+        let len = texts.iter().map(|t| t.len()).max().unwrap_or(1).max(1);
+        let mut ids = vec![0u32; texts.len() * len];
+        for (r, t) in texts.iter().enumerate() {
+            ids[r * len..r * len + t.len()].copy_from_slice(t);
+        }
+        let lens: Vec<usize> = texts.iter().map(|t| t.len()).collect();
+        self.forward(bert, &ids, &lens, len)
+    }
+
+    /// Checks packed passes against padded ones (candle's own ops) on a
+    /// few texts, once per model: their kernels are stook's. On a failure
+    /// or a disagreement it says why and runs padded passes from then on.
+    fn check_packed(&mut self) {
+        let Encoder::Candle { bert, packed: true } = &self.encoder else {
+            return;
+        };
+        if let Err(why) = self.packed_agrees(bert) {
+            tracing::warn!("packed passes {why}: running padded passes instead");
+            if let Encoder::Candle { packed, .. } = &mut self.encoder {
+                *packed = false;
+            }
+        }
+    }
+
+    fn packed_agrees(&self, bert: &Bert) -> Result<(), String> {
+        const PROBE: [&str; 3] = [
+            "stook checks its kernels.",
+            "",
+            "A longer text, so that attention goes through more than one tile of keys and \
+             values: the quick brown fox jumps over the lazy dog, twice; the quick brown fox \
+             jumps over the lazy dog again, and then once more for good measure.",
+        ];
+        let encodings = self.tokenize(&PROBE).map_err(|e| e.to_string())?;
+        let texts: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let packed = self
+            .packed_pass(bert, &texts)
+            .map_err(|e| format!("failed ({e})"))?;
+        let padded = self
+            .padded_pass(bert, &texts)
+            .map_err(|e| format!("could not be checked ({e})"))?;
+        for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+            let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            let norms = a.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * b.iter().map(|x| x * x).sum::<f32>().sqrt();
+            let cosine = dot / norms;
+            if cosine.is_nan() || cosine < 0.999 {
+                return Err(format!(
+                    "disagree with padded ones on a check text (cosine {cosine} on text {i})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Pooled (and normalised) vectors of one padded pass through candle.
     fn forward(
         &self,
+        bert: &Bert,
         ids: &[u32],
         lens: &[usize],
         len: usize,
     ) -> candle_core::Result<Vec<Vec<f32>>> {
-        let Encoder::Candle { bert, .. } = &self.encoder else {
-            candle_core::bail!("internal: padded pass on the CPU encoder");
-        };
         let n = lens.len();
         // Pooling sums over tokens: in f32 whatever the model's dtype.
         let hidden = bert.forward(ids, lens, len)?.to_dtype(DType::F32)?; // (n, len, dim)
