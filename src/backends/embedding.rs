@@ -80,8 +80,9 @@ pub struct EmbeddingOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Attention {
-    /// A pass's texts end to end, no padding: stook's attention and
-    /// pooling kernels (head sizes 32 and 64; other models run `padded`).
+    /// A pass's texts end to end, no padding: candle's matrix products
+    /// and stook's own attention, epilogue and pooling ops (head sizes 32
+    /// and 64 with exact GELU; other models run `padded`).
     #[default]
     Packed,
     /// Passes padded to their longest text, attention as candle's
