@@ -203,7 +203,16 @@ impl Bert {
         for layer in &self.layers {
             let qkv = layer.qkv.forward(&x)?;
             let ctx = self.attention(&qkv, &bias, rows, len)?;
-            x = self.after_attention(layer, &ctx, &x)?;
+            let a = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let up = layer.up.forward(&a)?;
+            let up = match self.act {
+                HiddenAct::Gelu => up.gelu_erf()?,
+                HiddenAct::GeluApproximate => up.gelu()?,
+                HiddenAct::Relu => up.relu()?,
+            };
+            x = layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)?;
         }
         x.reshape((rows, len, self.hidden))
     }
@@ -261,21 +270,6 @@ impl Bert {
             x = project(&up, &l.down)?.apply_op3_no_bwd(&a, out_params, &norm)?;
         }
         x.apply_op2_no_bwd(&starts, &packed::Pool { cls })
-    }
-
-    /// The rest of a layer after attention: output projection, residual
-    /// and norm, feed-forward, residual and norm.
-    fn after_attention(&self, layer: &Layer, ctx: &Tensor, x: &Tensor) -> Result<Tensor> {
-        let a = layer
-            .attn_norm
-            .forward(&(layer.attn_out.forward(ctx)? + x)?)?;
-        let up = layer.up.forward(&a)?;
-        let up = match self.act {
-            HiddenAct::Gelu => up.gelu_erf()?,
-            HiddenAct::GeluApproximate => up.gelu()?,
-            HiddenAct::Relu => up.relu()?,
-        };
-        layer.out_norm.forward(&(layer.down.forward(&up)? + &a)?)
     }
 
     /// Attention with candle's ops.
