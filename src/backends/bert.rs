@@ -9,10 +9,10 @@
 //! On the CPU in f32 the same weights run in [`super::cpu_bert`] instead.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
-
-use super::packed;
 use candle_nn::{layer_norm, linear, LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::bert::{Config, HiddenAct};
+
+use super::packed;
 
 /// Added to a padded key's score: e^−10000 is 0 in every float type, and
 /// −10000 is finite in f16 and bf16.
@@ -25,10 +25,23 @@ struct Layer {
     up: Linear,
     down: Linear,
     out_norm: LayerNorm,
-    /// For the packed passes: the output projection's bias | the norm's
-    /// scale | its shift, and the same for the layer's end.
-    attn_params: Option<Tensor>,
-    out_params: Option<Tensor>,
+}
+
+/// What the packed passes take besides the weights: biases, and each
+/// layer norm's parameters beside the bias before it.
+struct PackedParams {
+    /// The first token type's vector | the embeddings' norm scale | shift.
+    embed: Tensor,
+    layers: Vec<PackedLayer>,
+}
+
+struct PackedLayer {
+    qkv_bias: Tensor,
+    /// The output projection's bias | the norm's scale | its shift.
+    attn: Tensor,
+    up_bias: Tensor,
+    /// The same for the layer's end.
+    out: Tensor,
 }
 
 /// `bias | gamma | beta` of a projection followed by a layer norm, as one
@@ -37,6 +50,36 @@ fn add_norm_params(bias: Option<&Tensor>, norm: &LayerNorm) -> Result<Option<Ten
     match (bias, norm.bias()) {
         (Some(b), Some(beta)) => Ok(Some(Tensor::cat(&[b, norm.weight(), beta], 0)?)),
         _ => Ok(None),
+    }
+}
+
+impl PackedParams {
+    /// The parameters, or None when a bias or a norm shift is missing.
+    fn new(token_type: &Tensor, embed_norm: &LayerNorm, layers: &[Layer]) -> Result<Option<Self>> {
+        let Some(embed) = add_norm_params(Some(&token_type.get(0)?), embed_norm)? else {
+            return Ok(None);
+        };
+        let mut packed = Vec::with_capacity(layers.len());
+        for l in layers {
+            let (Some(qkv_bias), Some(up_bias)) = (l.qkv.bias(), l.up.bias()) else {
+                return Ok(None);
+            };
+            let attn = add_norm_params(l.attn_out.bias(), &l.attn_norm)?;
+            let out = add_norm_params(l.down.bias(), &l.out_norm)?;
+            let (Some(attn), Some(out)) = (attn, out) else {
+                return Ok(None);
+            };
+            packed.push(PackedLayer {
+                qkv_bias: qkv_bias.clone(),
+                attn,
+                up_bias: up_bias.clone(),
+                out,
+            });
+        }
+        Ok(Some(PackedParams {
+            embed,
+            layers: packed,
+        }))
     }
 }
 
@@ -76,9 +119,8 @@ pub struct LayerWeights {
 
 /// A loaded encoder.
 pub struct Bert {
-    /// For the packed passes: the first token type's vector | the
-    /// embeddings' norm scale | its shift.
-    embed_params: Option<Tensor>,
+    /// Made by [`Bert::prepare_packed`] for models that run packed passes.
+    packed: Option<PackedParams>,
     word: Tensor,
     position: Tensor,
     token_type: Tensor,
@@ -128,21 +170,17 @@ impl Bert {
             let attn_out = linear(h, h, a.pp("output.dense"))?;
             let up = linear(h, cfg.intermediate_size, l.pp("intermediate.dense"))?;
             let down = linear(cfg.intermediate_size, h, l.pp("output.dense"))?;
-            let attn_norm = layer_norm(h, cfg.layer_norm_eps, a.pp("output.LayerNorm"))?;
-            let out_norm = layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?;
             layers.push(Layer {
-                attn_params: add_norm_params(attn_out.bias(), &attn_norm)?,
-                out_params: add_norm_params(down.bias(), &out_norm)?,
                 qkv,
                 attn_out,
-                attn_norm,
+                attn_norm: layer_norm(h, cfg.layer_norm_eps, a.pp("output.LayerNorm"))?,
                 up,
                 down,
-                out_norm,
+                out_norm: layer_norm(h, cfg.layer_norm_eps, l.pp("output.LayerNorm"))?,
             });
         }
         Ok(Bert {
-            embed_params: add_norm_params(Some(&token_type.get(0)?), &embed_norm)?,
+            packed: None,
             word,
             position,
             token_type,
@@ -217,19 +255,17 @@ impl Bert {
         x.reshape((rows, len, self.hidden))
     }
 
-    /// Whether [`Bert::forward_packed`] has kernels for this model: head
-    /// size 32 or 64, exact GELU, biases and norm shifts throughout.
-    pub fn packs(&self) -> bool {
-        packed::HEAD_SIZES.contains(&(self.hidden / self.heads))
+    /// Readies [`Bert::forward_packed`]; false (and nothing made) when
+    /// there are no kernels for this model: they need head size 32 or 64,
+    /// exact GELU, and biases and norm shifts throughout.
+    pub fn prepare_packed(&mut self) -> Result<bool> {
+        if packed::HEAD_SIZES.contains(&(self.hidden / self.heads))
             && self.hidden <= packed::NORM_COLS
             && self.act == HiddenAct::Gelu
-            && self.embed_params.is_some()
-            && self.layers.iter().all(|l| {
-                l.attn_params.is_some()
-                    && l.out_params.is_some()
-                    && l.qkv.bias().is_some()
-                    && l.up.bias().is_some()
-            })
+        {
+            self.packed = PackedParams::new(&self.token_type, &self.embed_norm, &self.layers)?;
+        }
+        Ok(self.packed.is_some())
     }
 
     /// Pooled f32 vectors (texts × hidden) of texts packed end to end:
@@ -243,7 +279,9 @@ impl Bert {
         let starts = Tensor::from_slice(starts, starts.len(), &self.device)?;
         let ids = Tensor::from_slice(ids, tokens, &self.device)?;
         let positions = Tensor::from_vec(positions, tokens, &self.device)?;
-        let missing = || candle_core::Error::Msg("packed passes: a bias is missing".into());
+        let Some(params) = &self.packed else {
+            candle_core::bail!("internal: packed pass on a model not prepared for it")
+        };
         let norm = packed::AddNorm {
             eps: self.eps as f32,
         };
@@ -256,18 +294,14 @@ impl Bert {
         let project = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
         let mut x = self.word.index_select(&ids, 0)?.apply_op3_no_bwd(
             &self.position.index_select(&positions, 0)?,
-            self.embed_params.as_ref().ok_or_else(missing)?,
+            &params.embed,
             &norm,
         )?;
-        for l in &self.layers {
-            let qkv_bias = l.qkv.bias().ok_or_else(missing)?;
-            let ctx = project(&x, &l.qkv)?.apply_op3_no_bwd(qkv_bias, &starts, &attention)?;
-            let attn_params = l.attn_params.as_ref().ok_or_else(missing)?;
-            let a = project(&ctx, &l.attn_out)?.apply_op3_no_bwd(&x, attn_params, &norm)?;
-            let up_bias = l.up.bias().ok_or_else(missing)?;
-            let up = project(&a, &l.up)?.apply_op2_no_bwd(up_bias, &packed::BiasGelu)?;
-            let out_params = l.out_params.as_ref().ok_or_else(missing)?;
-            x = project(&up, &l.down)?.apply_op3_no_bwd(&a, out_params, &norm)?;
+        for (l, p) in self.layers.iter().zip(&params.layers) {
+            let ctx = project(&x, &l.qkv)?.apply_op3_no_bwd(&p.qkv_bias, &starts, &attention)?;
+            let a = project(&ctx, &l.attn_out)?.apply_op3_no_bwd(&x, &p.attn, &norm)?;
+            let up = project(&a, &l.up)?.apply_op2_no_bwd(&p.up_bias, &packed::BiasGelu)?;
+            x = project(&up, &l.down)?.apply_op3_no_bwd(&a, &p.out, &norm)?;
         }
         x.apply_op2_no_bwd(&starts, &packed::Pool { cls })
     }

@@ -444,8 +444,9 @@ impl Embedding {
             };
             Encoder::Cpu(CpuBert::new(weights, self.threads).map_err(loading)?)
         } else {
-            let bert = self.load_bert(&dev)?;
-            let packed = self.opts.attention == Attention::Packed && bert.packs();
+            let mut bert = self.load_bert(&dev)?;
+            let packed = self.opts.attention == Attention::Packed
+                && bert.prepare_packed().map_err(model_error("loading BERT"))?;
             if self.opts.attention == Attention::Packed && !packed {
                 tracing::info!("no packed kernels for this model (head size, activation or biases): padded passes");
             }
