@@ -38,8 +38,6 @@ backend = "embedding"
 [model.options]
 path = "$model"
 dtype = "$2"
-micro_batch = 512
-micro_batch_tokens = 65536
 attention = "${4:-packed}"
 [batch]
 size = 4096
@@ -53,7 +51,7 @@ TOML
 }
 for attention in packed padded; do
   "$stook" bench stages --input "$work/input.jsonl" --model "$model" --device cuda:0 --dtype f16 \
-    --batch 4096 --micro-batch 512 --micro-batch-tokens 65536 --attention $attention
+    --batch 4096 --attention $attention
 done
 run f16-1 f16 1
 run f16-2 f16 2

@@ -53,13 +53,15 @@ pub struct EmbeddingOptions {
     #[serde(default)]
     pub normalize: Option<bool>,
     /// The most rows in one forward pass, after sorting a batch's rows by
-    /// length.
-    #[serde(default = "default_micro_batch")]
-    pub micro_batch: usize,
-    /// The most padded tokens (rows × longest) in one forward pass: short
-    /// texts go many to a pass, long ones few, so little is padding.
-    #[serde(default = "default_micro_tokens")]
-    pub micro_batch_tokens: usize,
+    /// length. Default: [`MicroBatch::for_device`].
+    #[serde(default)]
+    pub micro_batch: Option<usize>,
+    /// The most tokens in one forward pass: short texts go many to a pass,
+    /// long ones few. A pass's tokens are its real ones where texts are
+    /// packed end to end, rows × its longest on padded passes. Default:
+    /// [`MicroBatch::for_device`].
+    #[serde(default)]
+    pub micro_batch_tokens: Option<usize>,
     /// The weights' float type on the device: `f32` (default), or `f16` /
     /// `bf16` (GPUs; vectors are pooled and written as f32 either way).
     #[serde(default)]
@@ -130,11 +132,32 @@ fn default_text() -> String {
 fn default_id() -> String {
     "id".into()
 }
-fn default_micro_batch() -> usize {
-    64
+/// How a model cuts its texts into forward passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MicroBatch {
+    /// Rows per pass at most.
+    pub rows: usize,
+    /// Tokens per pass at most.
+    pub tokens: usize,
 }
-fn default_micro_tokens() -> usize {
-    4096
+
+impl MicroBatch {
+    /// The defaults, measured on each kind of device: on the CPU, 64 rows
+    /// and 4,096 tokens keep a pass's activations in cache (2-core machine,
+    /// fortunes-4000); a GPU needs passes large enough to fill it (512 rows
+    /// and 65,536 tokens: the settings of the H200 figures in the README).
+    pub fn for_device(device: &Device) -> Self {
+        match device {
+            Device::Cpu => MicroBatch {
+                rows: 64,
+                tokens: 4096,
+            },
+            Device::Cuda(_) => MicroBatch {
+                rows: 512,
+                tokens: 65_536,
+            },
+        }
+    }
 }
 
 /// Divides `v` by its L2 norm (at least 1e-12, as sentence-transformers).
@@ -281,13 +304,13 @@ pub struct Embedding {
 /// Builds `embedding` from its options; reads the folder, loads nothing.
 pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
     let opts: EmbeddingOptions = options.parse()?;
-    if opts.micro_batch == 0 {
+    if opts.micro_batch == Some(0) {
         return Err(vec![ConfigProblem::new(
             "model.options.micro_batch",
             "expected at least 1, found 0",
         )]);
     }
-    if opts.micro_batch_tokens == 0 {
+    if opts.micro_batch_tokens == Some(0) {
         return Err(vec![ConfigProblem::new(
             "model.options.micro_batch_tokens",
             "expected at least 1, found 0",
@@ -421,6 +444,15 @@ impl Embedding {
         Bert::load(vb, &self.folder.bert).map_err(model_error("loading BERT"))
     }
 
+    /// The options' pass sizes, else the defaults for `device`.
+    fn micro_batch(&self, device: &Device) -> MicroBatch {
+        let default = MicroBatch::for_device(device);
+        MicroBatch {
+            rows: self.opts.micro_batch.unwrap_or(default.rows),
+            tokens: self.opts.micro_batch_tokens.unwrap_or(default.tokens),
+        }
+    }
+
     fn load_model(&self, device: &Device) -> Result<EmbeddingModel, ModelError> {
         let dev = match device {
             Device::Cpu => candle_core::Device::Cpu,
@@ -472,8 +504,7 @@ impl Embedding {
             tokenizer,
             device: dev,
             folder: self.folder.clone(),
-            micro_batch: self.opts.micro_batch,
-            micro_tokens: self.opts.micro_batch_tokens,
+            micro: self.micro_batch(device),
         };
         model.check_packed();
         Ok(model)
@@ -493,24 +524,23 @@ struct EmbeddingModel {
     tokenizer: Tokenizer,
     device: candle_core::Device,
     folder: ModelFolder,
-    micro_batch: usize,
-    micro_tokens: usize,
+    micro: MicroBatch,
 }
 
-/// Cuts rows sorted by length into passes of at most `max_rows` rows and
-/// `max_tokens` padded tokens (a pass pads to its longest, its last row).
-fn passes(
-    sorted_lens: &[usize],
-    max_rows: usize,
-    max_tokens: usize,
-) -> Vec<std::ops::Range<usize>> {
+/// Cuts rows sorted by length into passes of at most `micro.rows` rows and
+/// `micro.tokens` tokens: the sum of their lengths if `padded` is false,
+/// else rows × the pass's longest (its last row). A row is at least one
+/// token; a row longer than the budget gets a pass of its own.
+fn passes(sorted_lens: &[usize], micro: MicroBatch, padded: bool) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut start = 0;
+    let (mut start, mut sum) = (0, 0);
     for (i, &len) in sorted_lens.iter().enumerate() {
-        let rows = i + 1 - start;
-        if rows > 1 && (rows > max_rows || rows * len.max(1) > max_tokens) {
+        let (len, rows) = (len.max(1), i + 1 - start);
+        sum += len;
+        let tokens = if padded { rows * len } else { sum };
+        if rows > 1 && (rows > micro.rows || tokens > micro.tokens) {
             out.push(start..i);
-            start = i;
+            (start, sum) = (i, len);
         }
     }
     if start < sorted_lens.len() {
@@ -535,7 +565,7 @@ impl EmbeddingModel {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let estimate: Vec<usize> = order.iter().map(|&i| texts[i].len() / 4 + 2).collect();
-        let groups = passes(&estimate, self.micro_batch, self.micro_tokens);
+        let groups = passes(&estimate, self.micro, self.pads());
         let order = &order;
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut cut = 0;
@@ -568,6 +598,12 @@ impl EmbeddingModel {
         Ok(vectors)
     }
 
+    /// Whether passes are padded to their longest text (candle's padded
+    /// encoder) rather than packed end to end (the CPU and packed ones).
+    fn pads(&self) -> bool {
+        matches!(self.encoder, Encoder::Candle { packed: false, .. })
+    }
+
     /// Token ids of `texts` (truncated, not padded).
     fn tokenize(&self, texts: &[&str]) -> Result<Vec<Encoding>, ModelError> {
         self.tokenizer
@@ -585,7 +621,7 @@ impl EmbeddingModel {
             .iter()
             .map(|&i| encodings[i].get_ids().len())
             .collect();
-        for range in passes(&lens, self.micro_batch, self.micro_tokens) {
+        for range in passes(&lens, self.micro, self.pads()) {
             let chunk = &order[range];
             let texts: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
             for (&i, v) in chunk.iter().zip(self.pass(&texts)?) {
@@ -928,14 +964,37 @@ impl EmbeddingModel {
 
 #[cfg(test)]
 mod tests {
-    use super::passes;
+    use super::{passes, MicroBatch};
+
+    fn micro(rows: usize, tokens: usize) -> MicroBatch {
+        MicroBatch { rows, tokens }
+    }
 
     #[test]
-    fn passes_pack_short_rows_and_isolate_long_ones() {
+    fn padded_passes_count_rows_times_their_longest() {
         let lens = [5, 5, 6, 8, 10, 12, 100, 256];
-        let p = passes(&lens, 64, 48);
+        let p = passes(&lens, micro(64, 48), true);
         assert_eq!(p, vec![0..4, 4..6, 6..7, 7..8]);
-        assert_eq!(passes(&lens, 2, 1 << 20), vec![0..2, 2..4, 4..6, 6..8]);
-        assert!(passes(&[], 4, 4).is_empty());
+        assert_eq!(
+            passes(&lens, micro(2, 1 << 20), true),
+            vec![0..2, 2..4, 4..6, 6..8]
+        );
+        assert!(passes(&[], micro(4, 4), true).is_empty());
+    }
+
+    #[test]
+    fn packed_passes_count_their_real_tokens() {
+        let lens = [5, 5, 6, 8, 10, 12, 100, 256];
+        // 5+5+6+8+10+12 = 46 ≤ 48 (padded passes stop at 4 rows: 5 × 10 > 48).
+        let p = passes(&lens, micro(64, 48), false);
+        assert_eq!(p, vec![0..6, 6..7, 7..8]);
+        assert_eq!(passes(&lens, micro(64, 1 << 20), false), vec![0..8]);
+        assert_eq!(
+            passes(&lens, micro(3, 1 << 20), false),
+            vec![0..3, 3..6, 6..8]
+        );
+        // Empty texts still count one token each.
+        assert_eq!(passes(&[0, 0, 0], micro(64, 2), false), vec![0..2, 2..3]);
+        assert!(passes(&[], micro(4, 4), false).is_empty());
     }
 }

@@ -27,12 +27,12 @@ pub struct StagesBench {
     /// Texts per batch (as `batch.size`).
     #[arg(long, default_value_t = 1024)]
     pub batch: usize,
-    /// Rows per forward pass at most.
-    #[arg(long, default_value_t = 64)]
-    pub micro_batch: usize,
-    /// Padded tokens per forward pass at most.
-    #[arg(long, default_value_t = 4096)]
-    pub micro_batch_tokens: usize,
+    /// Rows per forward pass at most (default: the device's, as `stook run`).
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// Tokens per forward pass at most (default: the device's, as `stook run`).
+    #[arg(long)]
+    pub micro_batch_tokens: Option<usize>,
     /// `packed` or `padded` (the encoder on GPUs and in half precision).
     #[arg(long, default_value = "packed")]
     pub attention: String,
@@ -69,11 +69,12 @@ pub fn stages(args: &StagesBench) -> Result<(), Box<dyn std::error::Error>> {
     table.insert("path".into(), args.model.display().to_string().into());
     table.insert("dtype".into(), args.dtype.clone().into());
     table.insert("attention".into(), args.attention.clone().into());
-    table.insert("micro_batch".into(), (args.micro_batch as i64).into());
-    table.insert(
-        "micro_batch_tokens".into(),
-        (args.micro_batch_tokens as i64).into(),
-    );
+    if let Some(n) = args.micro_batch {
+        table.insert("micro_batch".into(), (n as i64).into());
+    }
+    if let Some(n) = args.micro_batch_tokens {
+        table.insert("micro_batch_tokens".into(), (n as i64).into());
+    }
     let t = stage_times(&BackendOptions::new(table), &device, &texts, args.batch)?;
     if args.json {
         println!("{}", serde_json::to_string(&t)?);
