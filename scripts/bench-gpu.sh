@@ -27,7 +27,7 @@ for _ in $(seq "$reps"); do cat "$kit/input.jsonl"; done > "$work/input.jsonl"
 n=$(wc -l < "$work/input.jsonl")
 echo "corpus: $n sentences ($reps × $(wc -l < "$kit/input.jsonl"))"
 model=$(realpath "$kit/model")
-run() { # name dtype actors [attention]
+run() { # name dtype actors [attention [micro_batch]]
   cat > "$work/$1.toml" <<TOML
 [input]
 path = "input.jsonl"
@@ -39,6 +39,7 @@ backend = "embedding"
 path = "$model"
 dtype = "$2"
 attention = "${4:-packed}"
+${5:+micro_batch = $5}
 [batch]
 size = 4096
 num_actors = $3
@@ -57,6 +58,7 @@ run f16-1 f16 1
 run f16-2 f16 2
 run f16-4 f16 4
 run f16-2-padded f16 2 padded
+run f16-2-rows2048 f16 2 packed 2048  # packed passes are bounded by real tokens: try more rows
 run bf16-2 bf16 2
 run f32-2 f32 2
 python3 - "$work" "$model" "$kit/input.jsonl" <<'PY'
