@@ -27,6 +27,9 @@ for _ in $(seq "$reps"); do cat "$kit/input.jsonl"; done > "$work/input.jsonl"
 n=$(wc -l < "$work/input.jsonl")
 echo "corpus: $n sentences ($reps × $(wc -l < "$kit/input.jsonl"))"
 model=$(realpath "$kit/model")
+# Each of stook's packed kernels against its CPU version first: if one
+# disagrees, the runs below fall back to padded passes (and say so).
+"$stook" bench kernels --device cuda:0 || echo "bench kernels: some kernels disagree (see above)"
 run() { # name dtype actors [attention [micro_batch]]
   cat > "$work/$1.toml" <<TOML
 [input]

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stook::bench::{self, BackpressureBench, CheckpointBench, PipelineBench, StagesBench};
+use stook::bench::{
+    self, BackpressureBench, CheckpointBench, KernelsBench, PipelineBench, StagesBench,
+};
 use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError, Worker};
 
 mod worker_env;
@@ -94,6 +96,8 @@ enum BenchCommand {
     Backpressure(BackpressureBench),
     /// The embedding backend's stages alone: tokenizer, forward, writer.
     Stages(StagesBench),
+    /// The packed encoder's ops on a GPU against their CPU versions.
+    Kernels(KernelsBench),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
                 BenchCommand::Checkpoint(args) => bench::checkpoint(&args),
                 BenchCommand::Backpressure(args) => bench::backpressure(&args),
                 BenchCommand::Stages(args) => bench::stages(&args),
+                BenchCommand::Kernels(args) => bench::kernels(&args),
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,

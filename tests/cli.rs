@@ -344,6 +344,32 @@ fn backends_lists_each_backend_and_its_rows() {
 }
 
 #[test]
+fn the_kernel_check_prints_each_op_and_names_a_device_it_cannot_use() {
+    let case = Case::new();
+    let o = case.stook(&["bench", "kernels", "--device", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with(" ok")).count(),
+        21,
+        "{out}"
+    );
+    let o = case.stook(&["bench", "kernels", "--device", "gpu"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--device: expected cpu or cuda:N, found \"gpu\""),
+        "{}",
+        stderr(&o)
+    );
+    if !cfg!(feature = "cuda") {
+        let o = case.stook(&["bench", "kernels", "--device", "cuda:0"]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains("cuda:0: "), "{}", stderr(&o));
+        assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
+    }
+}
+
+#[test]
 fn a_rerun_resumes_and_an_output_directory_with_other_files_is_refused() {
     let c = Case::new();
     c.input((good(0) + &good(1)).as_bytes());

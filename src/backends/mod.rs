@@ -5,7 +5,7 @@ mod cpu_bert;
 pub mod echo;
 pub mod embedding;
 mod kernels;
-mod packed;
+pub(crate) mod packed;
 mod sheaf;
 pub mod synthetic;
 

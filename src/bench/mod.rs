@@ -4,10 +4,12 @@
 //! - [`pipeline`]: the echo pipeline against a plain serde_json loop;
 //! - [`checkpoint`]: what shard commits cost, and the work a stop loses;
 //! - [`backpressure`]: a fast source over a slow model within a budget;
-//! - [`stages`]: the embedding backend's stages alone (forward, tokenizer, writer).
+//! - [`stages`]: the embedding backend's stages alone (forward, tokenizer, writer);
+//! - [`kernels`]: the packed encoder's ops on a GPU against their CPU versions.
 
 pub mod backpressure;
 pub mod checkpoint;
+pub mod kernels;
 pub mod pipeline;
 pub mod stages;
 
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use backpressure::{backpressure, BackpressureBench};
 pub use checkpoint::{checkpoint, CheckpointBench};
+pub use kernels::{kernels, KernelsBench};
 pub use pipeline::{pipeline, PipelineBench};
 pub use stages::{stages, StagesBench};
 
@@ -60,6 +63,18 @@ pub fn generate_rows(path: &Path, rows: usize, row_bytes: usize) -> std::io::Res
     }
     out.flush()?;
     Ok(total)
+}
+
+/// A `--device` argument: `cpu` or `cuda:N`.
+pub fn device_arg(d: &str) -> Result<stook_actors::Device, String> {
+    match d {
+        "cpu" => Ok(stook_actors::Device::Cpu),
+        d => d
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(stook_actors::Device::Cuda)
+            .ok_or_else(|| format!("--device: expected cpu or cuda:N, found {d:?}")),
+    }
 }
 
 /// A job config for the echo backend over `input`.

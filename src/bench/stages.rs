@@ -4,8 +4,6 @@
 
 use std::path::PathBuf;
 
-use stook_actors::Device;
-
 use crate::backends::embedding::{stage_times, StageTimes};
 use crate::registry::BackendOptions;
 
@@ -57,14 +55,7 @@ pub fn stages(args: &StagesBench) -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or_else(|| format!("{}:{}: no \"text\" string", args.input.display(), i + 1))
         })
         .collect::<Result<_, String>>()?;
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        d => Device::Cuda(
-            d.strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("--device: expected cpu or cuda:N, found {d:?}"))?,
-        ),
-    };
+    let device = super::device_arg(&args.device)?;
     let mut table = toml::Table::new();
     table.insert("path".into(), args.model.display().to_string().into());
     table.insert("dtype".into(), args.dtype.clone().into());

@@ -1,0 +1,254 @@
+//! `stook bench kernels`: each of the packed encoder's operations on a
+//! device against its CPU version, on the same random inputs, in f32, f16
+//! and bf16: on a GPU, which of `packed.cu`'s kernels (and their launches)
+//! agree, one line each, before any model loads. A model's load-time check
+//! says only that its packed passes disagree; this says where.
+
+use candle_core::{DType, Device as CandleDevice, Tensor};
+use stook_actors::Device;
+
+use crate::backends::packed::{AddNorm, Attention, BiasGelu, Pool};
+
+/// Arguments of `stook bench kernels`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct KernelsBench {
+    /// `cuda:N` (or `cpu`: the CPU versions against themselves, a smoke
+    /// test of the harness).
+    #[arg(long, default_value = "cuda:0")]
+    pub device: String,
+}
+
+/// Text lengths of the packed inputs: an empty text, texts shorter and
+/// longer than a key tile (32), more tokens than a block's threads (128).
+const LENGTHS: [usize; 9] = [1, 2, 0, 31, 32, 33, 70, 150, 5];
+
+/// One operation's agreement: its largest difference from the CPU's
+/// result, in units of the allowed error (at most 1 passes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    /// The operation and its shape.
+    pub op: String,
+    /// Its inputs' and output's type (pooling's output is always f32).
+    pub dtype: DType,
+    /// max |got − want| / (one unit in the last place of `want` in the
+    /// output's type + 1e-4 × the root mean square of `want`).
+    pub error: f32,
+}
+
+impl Agreement {
+    /// Whether the difference is within what is allowed.
+    pub fn ok(&self) -> bool {
+        self.error <= 1.0
+    }
+}
+
+/// Runs the benchmark and prints a line per operation and type; fails if
+/// any disagrees.
+pub fn kernels(args: &KernelsBench) -> Result<(), Box<dyn std::error::Error>> {
+    let device = super::device_arg(&args.device)?;
+    let dev = match device {
+        Device::Cpu => CandleDevice::Cpu,
+        Device::Cuda(i) => CandleDevice::new_cuda(i as usize).map_err(|e| {
+            format!(
+                "{}: {e} (is stook built with --features cuda?)",
+                args.device
+            )
+        })?,
+    };
+    let results = check(&dev)?;
+    println!(
+        "stook's packed ops on {} against their CPU versions (error in units of the allowed: ≤ 1 passes)",
+        args.device
+    );
+    for a in &results {
+        println!(
+            "{:<28} {:<5} error {:.3} {}",
+            a.op,
+            format!("{:?}", a.dtype).to_lowercase(),
+            a.error,
+            if a.ok() { "ok" } else { "DISAGREES" }
+        );
+    }
+    let bad = results.iter().filter(|a| !a.ok()).count();
+    if bad > 0 {
+        return Err(format!("{bad} of {} checks disagree", results.len()).into());
+    }
+    Ok(())
+}
+
+/// Every op in every float type on `dev`, against the CPU.
+pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let tokens: usize = LENGTHS.iter().sum();
+    let mut starts = vec![0u32];
+    for l in LENGTHS {
+        starts.push(starts.last().copied().unwrap_or(0) + l as u32);
+    }
+    let starts = Tensor::new(starts.as_slice(), &CandleDevice::Cpu)?;
+    let longest = LENGTHS.iter().copied().max().unwrap_or(1);
+    let hidden = 384;
+    let qkv = rng.tensor((tokens, 3 * hidden), -2.0, 2.0)?;
+    let qkv_bias = rng.tensor(3 * hidden, -0.5, 0.5)?;
+    let up = rng.tensor((tokens, 4 * hidden), -4.0, 4.0)?;
+    let up_bias = rng.tensor(4 * hidden, -0.5, 0.5)?;
+    let mut out = Vec::new();
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let mut run = |op: String, f: &dyn Fn(&CandleDevice) -> candle_core::Result<Tensor>| {
+            let want = f(&CandleDevice::Cpu)?;
+            let got = f(dev)?;
+            out.push(Agreement {
+                error: error(&want, &got)?,
+                op,
+                dtype,
+            });
+            Ok::<_, candle_core::Error>(())
+        };
+        let on = |t: &Tensor, d: &CandleDevice| t.to_dtype(dtype)?.to_device(d);
+        for d in crate::backends::packed::HEAD_SIZES {
+            let op = Attention {
+                heads: hidden / d,
+                longest,
+            };
+            run(format!("attention, head size {d}"), &|dv| {
+                on(&qkv, dv)?.apply_op3_no_bwd(&on(&qkv_bias, dv)?, &starts.to_device(dv)?, &op)
+            })?;
+        }
+        run("bias + gelu".into(), &|dv| {
+            on(&up, dv)?.apply_op2_no_bwd(&on(&up_bias, dv)?, &BiasGelu)
+        })?;
+        for cols in [hidden, 1000] {
+            let y = rng.tensor((tokens, cols), -3.0, 3.0)?;
+            let residual = rng.tensor((tokens, cols), -3.0, 3.0)?;
+            let params = Tensor::cat(
+                &[
+                    rng.tensor(cols, -0.5, 0.5)?,
+                    rng.tensor(cols, 0.5, 1.5)?,
+                    rng.tensor(cols, -0.5, 0.5)?,
+                ],
+                0,
+            )?;
+            let op = AddNorm { eps: 1e-12 };
+            run(format!("bias + residual + norm, {cols}"), &|dv| {
+                on(&y, dv)?.apply_op3_no_bwd(&on(&residual, dv)?, &on(&params, dv)?, &op)
+            })?;
+        }
+        for cls in [false, true] {
+            let x = up.narrow(1, 0, hidden)?;
+            run(
+                format!("pool, {}", if cls { "first" } else { "mean" }),
+                &|dv| {
+                    on(&x.contiguous()?, dv)?
+                        .apply_op2_no_bwd(&starts.to_device(dv)?, &Pool { cls })
+                },
+            )?;
+        }
+    }
+    Ok(out)
+}
+
+/// `got`'s largest difference from `want`, in units of one unit in the
+/// last place of each `want` value in `want`'s type plus 1e-4 × its root
+/// mean square (room for the order of f32 sums and for `expf` / `erff`).
+pub fn error(want: &Tensor, got: &Tensor) -> candle_core::Result<f32> {
+    let dtype = want.dtype();
+    let want = want.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let got = got
+        .to_device(&CandleDevice::Cpu)?
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    if want.len() != got.len() {
+        return Ok(f32::INFINITY);
+    }
+    let rms = (want.iter().map(|x| x * x).sum::<f32>() / want.len().max(1) as f32).sqrt();
+    Ok(want
+        .iter()
+        .zip(&got)
+        .map(|(w, g)| {
+            let diff = (w - g).abs();
+            if diff.is_nan() {
+                return f32::INFINITY;
+            }
+            diff / (ulp(*w, dtype) + 1e-4 * rms)
+        })
+        .fold(0.0, f32::max))
+}
+
+/// One unit in the last place of `x` in `dtype` (f32 for other types).
+fn ulp(x: f32, dtype: DType) -> f32 {
+    let (mantissa, min_exp) = match dtype {
+        DType::F16 => (10, -14),
+        DType::BF16 => (7, -126),
+        _ => (23, -126),
+    };
+    let exp = if x == 0.0 {
+        min_exp
+    } else {
+        (x.abs().log2().floor() as i32).max(min_exp)
+    };
+    2f32.powi(exp - mantissa)
+}
+
+/// xorshift64: the same inputs on every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// A CPU f32 tensor of `shape` uniform in `lo .. hi`.
+    fn tensor(
+        &mut self,
+        shape: impl Into<candle_core::Shape>,
+        lo: f32,
+        hi: f32,
+    ) -> candle_core::Result<Tensor> {
+        let shape = shape.into();
+        let v: Vec<f32> = (0..shape.elem_count())
+            .map(|_| lo + (hi - lo) * self.next())
+            .collect();
+        Tensor::from_vec(v, shape, &CandleDevice::Cpu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ulp_passes_and_three_do_not() {
+        let want = Tensor::new(&[1.0f32, -0.25, 3.0, 0.0], &CandleDevice::Cpu)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let ulps = |k: f32| {
+            let got: Vec<f32> = [1.0f32, -0.25, 3.0, 0.0]
+                .iter()
+                .map(|&x| x + k * ulp(x, DType::F16))
+                .collect();
+            error(
+                &want,
+                &Tensor::new(got.as_slice(), &CandleDevice::Cpu).unwrap(),
+            )
+            .unwrap()
+        };
+        assert_eq!(ulps(0.0), 0.0);
+        assert!(ulps(1.0) <= 1.0, "{}", ulps(1.0));
+        assert!(ulps(3.0) > 1.0, "{}", ulps(3.0));
+        assert_eq!(ulp(1.0, DType::F16), 2f32.powi(-10));
+        assert_eq!(ulp(3.0, DType::BF16), 2f32.powi(-6));
+        assert_eq!(ulp(0.0, DType::F16), 2f32.powi(-24));
+    }
+
+    #[test]
+    fn the_cpu_agrees_with_itself_on_every_op_and_type() {
+        let r = check(&CandleDevice::Cpu).unwrap();
+        // 2 attention + gelu + 2 norms + 2 pools, in 3 types.
+        assert_eq!(r.len(), 21);
+        assert!(r.iter().all(|a| a.error == 0.0), "{r:?}");
+    }
+}
