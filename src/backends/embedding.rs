@@ -326,6 +326,22 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
     Ok(Arc::new(Embedding::new(opts, folder, options.cpu_models())))
 }
 
+/// candle's device for `device`; an error names the GPU and, in a build
+/// without the `cuda` feature, says so.
+pub(crate) fn candle_device(device: &Device) -> Result<candle_core::Device, String> {
+    match device {
+        Device::Cpu => Ok(candle_core::Device::Cpu),
+        Device::Cuda(i) => candle_core::Device::new_cuda(*i as usize).map_err(|e| {
+            let built = if cfg!(feature = "cuda") {
+                ""
+            } else {
+                " (stook was built without --features cuda)"
+            };
+            format!("cuda:{i}: {e}{built}")
+        }),
+    }
+}
+
 fn model_error(what: &str) -> impl Fn(candle_core::Error) -> ModelError + '_ {
     move |e| ModelError::new(format!("{what}: {e}"))
 }
@@ -454,14 +470,7 @@ impl Embedding {
     }
 
     fn load_model(&self, device: &Device) -> Result<EmbeddingModel, ModelError> {
-        let dev = match device {
-            Device::Cpu => candle_core::Device::Cpu,
-            Device::Cuda(i) => candle_core::Device::new_cuda(*i as usize).map_err(|e| {
-                ModelError::new(format!(
-                    "cuda:{i}: {e} (is stook built with --features cuda?)"
-                ))
-            })?,
-        };
+        let dev = candle_device(device).map_err(ModelError::new)?;
         let encoder = if self.cpu_f32(device) {
             let loading = |e| ModelError::new(format!("loading BERT: {e}"));
             // Held while loading, so that actors loading at once load once.

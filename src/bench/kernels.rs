@@ -4,10 +4,9 @@
 //! agree, one line each, before any model loads. A model's load-time check
 //! says only that its packed passes disagree; this says where.
 
-use candle_core::{DType, Device as CandleDevice, Tensor};
-use stook_actors::Device;
-
+use crate::backends::embedding::candle_device;
 use crate::backends::packed::{AddNorm, Attention, BiasGelu, Pool};
+use candle_core::{DType, Device as CandleDevice, Tensor};
 
 /// Arguments of `stook bench kernels`.
 #[derive(Clone, Debug, clap::Args)]
@@ -45,16 +44,7 @@ impl Agreement {
 /// Runs the benchmark and prints a line per operation and type; fails if
 /// any disagrees.
 pub fn kernels(args: &KernelsBench) -> Result<(), Box<dyn std::error::Error>> {
-    let device = super::device_arg(&args.device)?;
-    let dev = match device {
-        Device::Cpu => CandleDevice::Cpu,
-        Device::Cuda(i) => CandleDevice::new_cuda(i as usize).map_err(|e| {
-            format!(
-                "{}: {e} (is stook built with --features cuda?)",
-                args.device
-            )
-        })?,
-    };
+    let dev = candle_device(&super::device_arg(&args.device)?)?;
     let results = check(&dev)?;
     println!(
         "stook's packed ops on {} against their CPU versions (error in units of the allowed: ≤ 1 passes)",
