@@ -59,6 +59,15 @@ pub fn kernels(args: &KernelsBench) -> Result<(), Box<dyn std::error::Error>> {
             if a.ok() { "ok" } else { "DISAGREES" }
         );
     }
+    if !dev.is_cpu() {
+        let (texts, calls) = (512, 50);
+        println!(
+            "f16, one pass of {texts} texts × {PASS_LEN} tokens at MiniLM's sizes, µs per call ({calls} calls):"
+        );
+        for (op, us) in timings(&dev, texts, calls)? {
+            println!("{op:<44} {us:>9.1}");
+        }
+    }
     let bad = results.iter().filter(|a| !a.ok()).count();
     if bad > 0 {
         return Err(format!("{bad} of {} checks disagree", results.len()).into());
@@ -134,6 +143,68 @@ pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
         }
     }
     Ok(out)
+}
+
+/// Tokens per text in [`timings`].
+const PASS_LEN: usize = 30;
+
+/// Microseconds per call on `dev`, in f16, of each packed op and, for
+/// scale, of the product before attention, over one pass of `texts` texts
+/// of [`PASS_LEN`] tokens at MiniLM's sizes (hidden 384, 12 heads).
+pub fn timings(
+    dev: &CandleDevice,
+    texts: usize,
+    calls: usize,
+) -> candle_core::Result<Vec<(&'static str, f64)>> {
+    let (hidden, tokens) = (384, texts * PASS_LEN);
+    let mut rng = Rng(7);
+    let mut f16 = |shape: (usize, usize), lo: f32, hi: f32| {
+        rng.tensor(shape, lo, hi)?
+            .to_dtype(DType::F16)?
+            .to_device(dev)
+    };
+    let x = f16((tokens, hidden), -2.0, 2.0)?;
+    let w = f16((3 * hidden, hidden), -0.1, 0.1)?;
+    let qkv = f16((tokens, 3 * hidden), -2.0, 2.0)?;
+    let qkv_bias = f16((1, 3 * hidden), -0.5, 0.5)?.flatten_all()?;
+    let up = f16((tokens, 4 * hidden), -4.0, 4.0)?;
+    let up_bias = f16((1, 4 * hidden), -0.5, 0.5)?.flatten_all()?;
+    let params = f16((1, 3 * hidden), 0.5, 1.5)?.flatten_all()?;
+    let starts: Vec<u32> = (0..=texts).map(|s| (s * PASS_LEN) as u32).collect();
+    let starts = Tensor::new(starts.as_slice(), dev)?;
+    let attention = Attention {
+        heads: 12,
+        longest: PASS_LEN,
+    };
+    let norm = AddNorm { eps: 1e-12 };
+    type Op<'a> = &'a dyn Fn() -> candle_core::Result<Tensor>;
+    let ops: [(&'static str, Op); 5] = [
+        ("product before attention (candle, cuBLAS)", &|| {
+            x.matmul(&w.t()?)
+        }),
+        ("attention, head size 32", &|| {
+            qkv.apply_op3_no_bwd(&qkv_bias, &starts, &attention)
+        }),
+        ("bias + gelu", &|| up.apply_op2_no_bwd(&up_bias, &BiasGelu)),
+        ("bias + residual + norm", &|| {
+            x.apply_op3_no_bwd(&x, &params, &norm)
+        }),
+        ("pool, mean", &|| {
+            x.apply_op2_no_bwd(&starts, &Pool { cls: false })
+        }),
+    ];
+    ops.iter()
+        .map(|(op, f)| {
+            f()?; // the first call loads the kernel
+            dev.synchronize()?;
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                f()?;
+            }
+            dev.synchronize()?;
+            Ok((*op, t.elapsed().as_secs_f64() * 1e6 / calls.max(1) as f64))
+        })
+        .collect()
 }
 
 /// `got`'s largest difference from `want`, in units of one unit in the
@@ -232,6 +303,13 @@ mod tests {
         assert_eq!(ulp(1.0, DType::F16), 2f32.powi(-10));
         assert_eq!(ulp(3.0, DType::BF16), 2f32.powi(-6));
         assert_eq!(ulp(0.0, DType::F16), 2f32.powi(-24));
+    }
+
+    #[test]
+    fn timings_run_every_op() {
+        let t = timings(&CandleDevice::Cpu, 2, 1).unwrap();
+        assert_eq!(t.len(), 5);
+        assert!(t.iter().all(|(_, us)| *us > 0.0), "{t:?}");
     }
 
     #[test]
