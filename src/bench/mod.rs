@@ -24,8 +24,8 @@ pub use pipeline::{pipeline, PipelineBench};
 pub use stages::{stages, StagesBench};
 
 use crate::config::{
-    BatchConfig, CheckpointConfig, Compute, InputConfig, JobConfig, MemoryConfig, ModelConfig,
-    OutputConfig,
+    BatchConfig, CheckpointConfig, Compute, DeviceChoice, InputConfig, JobConfig, MemoryConfig,
+    ModelConfig, OutputConfig,
 };
 
 /// Writes `rows` rows of about `row_bytes` bytes as compact JSON with keys
@@ -65,15 +65,12 @@ pub fn generate_rows(path: &Path, rows: usize, row_bytes: usize) -> std::io::Res
     Ok(total)
 }
 
-/// A `--device` argument: `cpu` or `cuda:N`.
+/// A `--device` argument: `cpu` or `cuda:N` (read as `batch.device` is).
 pub fn device_arg(d: &str) -> Result<stook_actors::Device, String> {
-    match d {
-        "cpu" => Ok(stook_actors::Device::Cpu),
-        d => d
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(stook_actors::Device::Cuda)
-            .ok_or_else(|| format!("--device: expected cpu or cuda:N, found {d:?}")),
+    match DeviceChoice::try_from(d.to_owned()) {
+        Ok(DeviceChoice::Cpu) => Ok(stook_actors::Device::Cpu),
+        Ok(DeviceChoice::CudaIndex(i)) => Ok(stook_actors::Device::Cuda(i)),
+        _ => Err(format!("--device: expected cpu or cuda:N, found {d:?}")),
     }
 }
 
