@@ -177,14 +177,7 @@ fn skip_writes_bad_rows_to_the_errors_file_and_completes_the_rest() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = c.path("out");
     let written = String::from_utf8(output_bytes(&out)).unwrap();
-    let ids: Vec<u64> = written
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let ids = ids(&written);
     let expect: Vec<u64> = (0..50).filter(|i| ![10, 20, 30].contains(i)).collect();
     assert_eq!(ids, expect);
     let errors = std::fs::read_to_string(out.join("_errors.jsonl")).unwrap();

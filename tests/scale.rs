@@ -167,14 +167,7 @@ fn four_workers_one_killed_and_rerun_merge_to_one_process_bytes() {
     let errors = std::fs::read_to_string(out.join("_errors.jsonl")).unwrap();
     assert_eq!(text.lines().count() + errors.lines().count(), ROWS);
     assert_eq!(errors.lines().count(), 3, "{errors}");
-    let ids: Vec<u64> = text
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let ids = ids(&text);
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
         "rows out of order or repeated"

@@ -118,6 +118,17 @@ pub fn output_bytes(dir: &Path) -> Vec<u8> {
         .collect()
 }
 
+/// The `"id"` of each JSON line of `text`, as an integer.
+pub fn ids(text: &str) -> Vec<u64> {
+    text.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no integer id in {l}"))
+        })
+        .collect()
+}
+
 /// Files whose names start with `.` (temporaries) in `dir`, but the
 /// workers' lock files, which stay.
 pub fn temporaries(dir: &Path) -> Vec<String> {
