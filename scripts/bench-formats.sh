@@ -7,12 +7,17 @@
 #
 #   scripts/bench-formats.sh            2,000,000 rows of about 200 bytes
 #   ROWS=500000 scripts/bench-formats.sh
+#   STOOK=/path/to/stook scripts/bench-formats.sh   times that binary (another
+#                                       build, to compare two) instead of building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-2000000}
 WORK=${WORK:-bench-out/formats}
 scripts/pyarrow-env.sh
-cargo build --release --locked --quiet --bin stook
+if [ -z "${STOOK:-}" ]; then
+  cargo build --release --locked --quiet --bin stook
+  STOOK=target/release/stook
+fi
 PY=.venv-arrow/bin/python
 # The data is made once per row count (pyarrow; about 3 minutes for 2M rows).
 if [ "$(cat "$WORK/rows" 2>/dev/null)" != "$ROWS" ]; then
@@ -56,7 +61,7 @@ size = 4096
 [checkpoint]
 shard_rows = 500000
 EOF
-  target/release/stook run "$WORK/$1.toml" >/dev/null 2>"$WORK/$1.log" || { cat "$WORK/$1.log"; exit 1; }
+  "$STOOK" run "$WORK/$1.toml" >/dev/null 2>"$WORK/$1.log" || { cat "$WORK/$1.log"; exit 1; }
   "$PY" - "$out" "$3" "$1" "$WORK/$2" <<'EOF'
 import json, os, sys
 out, fmt, name, inp = sys.argv[1:5]

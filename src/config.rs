@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use stook_actors::input::InputFormat;
 use stook_actors::parts::OutputFormat;
 
-/// A whole job.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A whole job. `Default`: every setting at its default, no input, output
+/// or backend named.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct JobConfig {
     /// `[input]`
     pub input: InputConfig,
@@ -111,7 +112,7 @@ impl From<OutputFormatChoice> for String {
 }
 
 /// `[model]`: which backend, with its own options.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// A registered backend's name.
@@ -296,6 +297,29 @@ impl Default for BatchConfig {
     }
 }
 
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            path: PathBuf::new(),
+            format: None,
+            columns: None,
+            max_line_bytes: default_max_line(),
+        }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig {
+            path: PathBuf::new(),
+            preserve_order: true,
+            assemble: None,
+            format: OutputFormatChoice::default(),
+            passthrough: Vec::new(),
+        }
+    }
+}
+
 impl Default for MemoryConfig {
     fn default() -> Self {
         MemoryConfig {
@@ -417,51 +441,22 @@ impl JobConfig {
         let batch = section::<BatchConfig>(&table, "batch", false, &mut problems);
         let memory = section::<MemoryConfig>(&table, "memory", false, &mut problems);
         let checkpoint = section::<CheckpointConfig>(&table, "checkpoint", false, &mut problems);
+        // The value checks of every section that parsed, so that a file
+        // with several problems hears of all of them at once.
+        if let Some(i) = &input {
+            check_input(i, &mut problems);
+        }
+        if let Some(o) = &output {
+            check_output(o, &mut problems);
+        }
         if let Some(b) = &batch {
             check_batch(b, &mut problems);
         }
+        if let Some(m) = &memory {
+            check_memory(m, &mut problems);
+        }
         if let Some(c) = &checkpoint {
-            if c.shard_rows == 0 {
-                problems.push(ConfigProblem::new(
-                    "checkpoint.shard_rows",
-                    "expected at least 1, found 0",
-                ));
-            }
-            if c.workers == Some(0) {
-                problems.push(ConfigProblem::new(
-                    "checkpoint.workers",
-                    "expected at least 1, found 0",
-                ));
-            }
-        }
-        if let Some(o) = &output {
-            let mut seen = std::collections::BTreeSet::new();
-            for n in &o.passthrough {
-                if !seen.insert(n) {
-                    problems.push(ConfigProblem::new(
-                        "output.passthrough",
-                        format!("{n:?} is listed twice"),
-                    ));
-                }
-            }
-            if o.assemble.is_some() && o.format.0 != OutputFormat::Jsonl {
-                problems.push(ConfigProblem::new(
-                    "output.assemble",
-                    format!(
-                        "assembles JSON Lines parts only; with output.format = {:?} read the \
-                         part files as one dataset (pyarrow.dataset, DuckDB, Spark read a directory)",
-                        o.format.0.name()
-                    ),
-                ));
-            }
-        }
-        if let Some(i) = &input {
-            if i.max_line_bytes.0 == 0 {
-                problems.push(ConfigProblem::new(
-                    "input.max_line_bytes",
-                    "expected more than 0 bytes",
-                ));
-            }
+            check_checkpoint(c, &mut problems);
         }
         match (input, output, model, batch, memory, checkpoint) {
             (
@@ -495,35 +490,93 @@ impl JobConfig {
 
     /// A job over `input` into the directory `output` with `backend` (no
     /// options) and every other setting at its default, for a host that
-    /// builds its config in code; change any field after.
+    /// builds its config in code; change any field after. `Job::new`
+    /// checks it as a config file is checked ([`JobConfig::validate`]).
     pub fn new(input: impl Into<PathBuf>, output: impl Into<PathBuf>, backend: &str) -> Self {
-        JobConfig {
-            input: InputConfig {
-                path: input.into(),
-                format: None,
-                columns: None,
-                max_line_bytes: default_max_line(),
-            },
-            output: OutputConfig {
-                path: output.into(),
-                preserve_order: true,
-                assemble: None,
-                format: OutputFormatChoice::default(),
-                passthrough: Vec::new(),
-            },
-            model: ModelConfig {
-                backend: backend.to_string(),
-                options: toml::Table::new(),
-            },
-            batch: BatchConfig::default(),
-            memory: MemoryConfig::default(),
-            checkpoint: CheckpointConfig::default(),
-        }
+        let mut c = JobConfig::default();
+        c.input.path = input.into();
+        c.output.path = output.into();
+        c.model.backend = backend.to_string();
+        c
+    }
+
+    /// Every problem of the values (not of the TOML, which
+    /// [`JobConfig::from_toml`] reports), each with its key: the same
+    /// checks whether the config came from a file or was built in code.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        check_input(&self.input, &mut problems);
+        check_output(&self.output, &mut problems);
+        check_batch(&self.batch, &mut problems);
+        check_memory(&self.memory, &mut problems);
+        check_checkpoint(&self.checkpoint, &mut problems);
+        problems
     }
 
     /// Rows per shard rounded to whole batches, as a count of batches.
     pub fn shard_batches(&self) -> u64 {
         (self.checkpoint.shard_rows.div_ceil(self.batch.size)).max(1) as u64
+    }
+}
+
+fn check_input(i: &InputConfig, problems: &mut Vec<ConfigProblem>) {
+    if i.max_line_bytes.0 == 0 {
+        problems.push(ConfigProblem::new(
+            "input.max_line_bytes",
+            "expected more than 0 bytes",
+        ));
+    }
+}
+
+fn check_output(o: &OutputConfig, problems: &mut Vec<ConfigProblem>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in &o.passthrough {
+        if !seen.insert(n) {
+            problems.push(ConfigProblem::new(
+                "output.passthrough",
+                format!("{n:?} is listed twice"),
+            ));
+        }
+        if n == "_row" {
+            problems.push(ConfigProblem::new(
+                "output.passthrough",
+                "\"_row\" is stook's own column (each result's input row)",
+            ));
+        }
+    }
+    if o.assemble.is_some() && o.format.0 != OutputFormat::Jsonl {
+        problems.push(ConfigProblem::new(
+            "output.assemble",
+            format!(
+                "assembles JSON Lines parts only; with output.format = {:?} read the \
+                 part files as one dataset (pyarrow.dataset, DuckDB, Spark read a directory)",
+                o.format.0.name()
+            ),
+        ));
+    }
+}
+
+fn check_memory(m: &MemoryConfig, problems: &mut Vec<ConfigProblem>) {
+    if m.object_store.0 == 0 {
+        problems.push(ConfigProblem::new(
+            "memory.object_store",
+            "expected more than 0 bytes",
+        ));
+    }
+}
+
+fn check_checkpoint(c: &CheckpointConfig, problems: &mut Vec<ConfigProblem>) {
+    if c.shard_rows == 0 {
+        problems.push(ConfigProblem::new(
+            "checkpoint.shard_rows",
+            "expected at least 1, found 0",
+        ));
+    }
+    if c.workers == Some(0) {
+        problems.push(ConfigProblem::new(
+            "checkpoint.workers",
+            "expected at least 1, found 0",
+        ));
     }
 }
 

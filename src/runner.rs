@@ -30,7 +30,8 @@ use stook_actors::{
     RowError, SharedModel, StoreStats,
 };
 
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::DataType;
+use stook_actors::OutputColumns;
 use stook_actors::RequestSchema;
 
 use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
@@ -168,6 +169,14 @@ impl Job {
         registry: &BackendRegistry,
         config_path: &Path,
     ) -> Result<Self, RunError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(ConfigErrors {
+                path: config_path.to_path_buf(),
+                problems,
+            }
+            .into());
+        }
         // Every actor of a pool owns a model; workers of a tasks pool
         // share one.
         let cpu_models = match config.batch.compute {
@@ -218,20 +227,20 @@ impl Job {
     /// The columns of a Parquet or Arrow part.
     /// `pass_types`: each passthrough column's type in a table input.
     fn table_schema(&self, pass_types: &[Option<DataType>]) -> arrow_schema::SchemaRef {
-        let declared = self.backend.output_schema().map(|s| {
-            let pass = self
-                .config
-                .output
-                .passthrough
-                .iter()
-                .zip(pass_types.iter().cloned().chain(std::iter::repeat(None)));
-            let mut fields: Vec<Field> = pass
-                .map(|(n, t)| Field::new(n, t.unwrap_or(DataType::Utf8), true))
-                .collect();
-            fields.extend(s.fields().iter().map(|f| f.as_ref().clone()));
-            Schema::new(fields)
-        });
-        stook_actors::parts::table_schema(declared.as_ref(), !self.config.output.preserve_order)
+        let output = OutputColumns::new(self.backend.as_ref(), &self.config.output.passthrough);
+        let typed: Vec<(String, DataType)> = self
+            .config
+            .output
+            .passthrough
+            .iter()
+            .zip(pass_types)
+            .filter_map(|(n, t)| Some((n.clone(), t.clone()?)))
+            .collect();
+        stook_actors::parts::table_schema(
+            &output.schema,
+            &typed,
+            !self.config.output.preserve_order,
+        )
     }
 
     /// The schema the Source encodes: the backend's and the passthrough
@@ -563,7 +572,7 @@ impl Job {
             skip_bad_rows: cfg.batch.on_error == OnError::Skip,
             input_name: cfg.input.path.display().to_string().into(),
             timeout: cfg.batch.timeout.map(|t| t.0),
-            passthrough_per_row: cfg.output.passthrough.iter().map(|n| n.len() + 16).sum(),
+            passthrough: cfg.output.passthrough.clone(),
         };
         let backend = self.backend.clone();
         let cancel = control.cancel.clone();

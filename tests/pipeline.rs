@@ -332,3 +332,40 @@ fn dropping_the_result_stream_stops_the_job() {
     let e = outcome.unwrap_err();
     assert!(e.is_cancelled(), "{e}");
 }
+
+#[test]
+fn a_config_built_in_code_is_checked_as_a_config_file_is() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 10);
+    let registry = BackendRegistry::with_builtins();
+    let refused = |c: stook::JobConfig| match Job::new(c, &registry, "code".as_ref()) {
+        Err(stook::RunError::Config(e)) => e.problems.iter().map(|p| p.key.clone()).collect(),
+        Err(e) => panic!("expected a config error, got {e}"),
+        Ok(_) => panic!("a bad config was accepted"),
+    };
+    let mut c = synthetic_config(&input, &dir.path().join("o"), "");
+    c.batch.size = 0;
+    c.batch.num_actors = 0;
+    c.checkpoint.shard_rows = 0;
+    c.output.passthrough = vec!["_row".into()];
+    let keys: Vec<String> = refused(c);
+    // Every problem at once, each with its key.
+    assert_eq!(
+        keys,
+        [
+            "output.passthrough",
+            "batch.size",
+            "batch.num_actors",
+            "checkpoint.shard_rows"
+        ]
+    );
+    // The same values from TOML: the same keys.
+    let toml = format!(
+        "[input]\npath = {:?}\n[output]\npath = \"o\"\npassthrough = [\"_row\"]\n[model]\n\
+         backend = \"echo\"\n[batch]\nsize = 0\nnum_actors = 0\n[checkpoint]\nshard_rows = 0\n",
+        input
+    );
+    let problems = stook::JobConfig::from_toml(&toml, dir.path()).unwrap_err();
+    let from_toml: Vec<String> = problems.iter().map(|p| p.key.clone()).collect();
+    assert_eq!(from_toml, keys);
+}

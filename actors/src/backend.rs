@@ -16,13 +16,16 @@ use std::sync::{Arc, OnceLock};
 
 use actix::prelude::*;
 
-use crate::batch::{RequestBatch, ResultWriter};
+use arrow_array::{ArrayRef, UInt64Array};
+
+use crate::batch::RequestBatch;
 use crate::devices::Device;
 use crate::error::PipelineError;
 use crate::messages::{Compute, Computed, LoadModel, Poisoned};
 use crate::model::{Backend, Model, ModelError};
 use crate::progress::Progress;
-use crate::rows::{FieldKind, RequestSchema};
+use crate::results::{encode_output, OutputColumns, ResultWriter};
+use crate::rows::RequestSchema;
 
 /// One model shared by every worker of a tasks-mode pool, loaded on first
 /// use. A host may keep one and hand it to several runs of the same backend.
@@ -79,9 +82,8 @@ pub struct BackendActor {
     slot: Slot,
     progress: Arc<Progress>,
     input_key: Arc<str>,
-    /// `"name":` and field index of each value copied into every result;
-    /// whether the field holds a decoded string (to be quoted).
-    passthrough: Vec<(String, usize, bool)>,
+    /// The output object's columns.
+    columns: OutputColumns,
 }
 
 impl BackendActor {
@@ -108,83 +110,23 @@ impl BackendActor {
     ) -> Self {
         BackendActor {
             schema: backend.schema(),
+            columns: OutputColumns::new(backend.as_ref(), &[]),
             backend,
             device,
             slot,
             progress,
             input_key: Arc::from(""),
-            passthrough: Vec::new(),
         }
     }
 
-    /// Copies the input's `names` (columns or keys) into every result
-    /// object, ahead of the backend's own keys; an absent or null value is
-    /// left out. The Source must encode the same extended schema
+    /// Copies the input's `names` (columns or keys) into every result,
+    /// ahead of the backend's own columns; an absent or null value is left
+    /// out. The Source must encode the same extended schema
     /// ([`RequestSchema::with_passthrough`]).
     pub fn with_passthrough(mut self, names: &[String]) -> Self {
-        let (schema, idx) = self.schema.with_passthrough(names);
-        self.passthrough = names
-            .iter()
-            .zip(idx)
-            .map(|(n, i)| {
-                let quote = matches!(
-                    schema.fields[i].kind,
-                    FieldKind::String | FieldKind::Literal(_)
-                );
-                (
-                    format!("{}:", serde_json::Value::from(n.as_str())),
-                    i,
-                    quote,
-                )
-            })
-            .collect();
-        self.schema = schema;
+        self.columns = OutputColumns::new(self.backend.as_ref(), names);
+        self.schema = self.columns.request.clone();
         self
-    }
-
-    /// Puts the passthrough values at the front of each result object.
-    fn pass_through(&self, batch: &RequestBatch, out: &mut ResultWriter) {
-        if self.passthrough.is_empty() {
-            return;
-        }
-        let (rows, results) = out.take();
-        let mut i = 0;
-        let mut members = String::new();
-        for k in 0..rows.len() {
-            let row = rows.value(k);
-            // Results follow the batch's order; rows that failed alone are
-            // missing from them.
-            while i < batch.len() && batch.row(i) != row {
-                i += 1;
-            }
-            members.clear();
-            for (key, field, quote) in &self.passthrough {
-                let Some(v) = batch.field(*field, i.min(batch.len().saturating_sub(1))) else {
-                    continue;
-                };
-                if !members.is_empty() {
-                    members.push(',');
-                }
-                members.push_str(key);
-                if *quote {
-                    members.push_str(&serde_json::Value::from(v).to_string());
-                } else {
-                    members.push_str(v);
-                }
-            }
-            let json = results.value(k);
-            if members.is_empty() {
-                out.push(row, json);
-                continue;
-            }
-            let rest = json
-                .trim_start()
-                .strip_prefix('{')
-                .unwrap_or(json)
-                .trim_start();
-            let sep = if rest.starts_with('}') { "" } else { "," };
-            out.push(row, &format!("{{{members}{sep}{rest}"));
-        }
     }
 
     /// Labels every batch with `key`, what identifies the input by content
@@ -204,21 +146,42 @@ impl BackendActor {
         }
     }
 
-    fn compute(&self, msg: &Compute) -> Result<(ResultWriter, Vec<Poisoned>), ModelError> {
+    fn compute(&self, msg: &Compute) -> Result<Computation, ModelError> {
         let model = self.model()?;
         let batch = RequestBatch::decode(&msg.input, &self.schema)
             .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?
             .with_input_key(self.input_key.clone());
-        let mut out = ResultWriter::new();
+        let cols = &self.columns;
+        let mut out = ResultWriter::for_columns(cols.results.clone(), cols.typed);
         let mut poison = Vec::new();
         if msg.isolate {
             isolate(model.as_ref(), &batch, &mut out, &mut poison);
         } else {
             call(model.as_ref(), &batch, &mut out)?;
         }
-        self.pass_through(&batch, &mut out);
-        Ok((out, poison))
+        let counters = out.counters().clone();
+        let (rows, results) = out
+            .finish()
+            .map_err(|e| ModelError::new(format!("the backend's results: {e}")))?;
+        let mut columns = cols
+            .passthrough_columns(&batch, &rows)
+            .map_err(|e| ModelError::new(format!("internal: passthrough: {e}")))?;
+        columns.extend(results);
+        Ok(Computation {
+            rows,
+            columns,
+            poison,
+            counters,
+        })
     }
+}
+
+/// A computed batch before it is encoded into the store.
+struct Computation {
+    rows: UInt64Array,
+    columns: Vec<ArrayRef>,
+    poison: Vec<Poisoned>,
+    counters: crate::messages::Counters,
 }
 
 /// One `predict` call: a panic becomes an error, and a failed call leaves
@@ -290,9 +253,9 @@ impl Handler<Compute> for BackendActor {
 
     fn handle(&mut self, msg: Compute, _: &mut Context<Self>) -> Self::Result {
         let outcome = match self.compute(&msg) {
-            Ok((out, poison)) => {
-                let counters = out.counters().clone();
-                out.encode(msg.reservation)
+            Ok(c) => {
+                let (poison, counters) = (c.poison, c.counters);
+                encode_output(&self.columns.schema, c.rows, c.columns, msg.reservation)
                     .map(|o| (o, poison, counters))
                     .map_err(|e| {
                         // The reservation was consumed; the Scheduler reserves anew.
@@ -310,5 +273,127 @@ impl Handler<Compute> for BackendActor {
             index: msg.index,
             outcome,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{encode_input, input_bound};
+    use crate::rows::parse_row;
+    use crate::store::{ObjectRef, ObjectStore};
+
+    /// Fails any call whose batch holds a text in `bad`.
+    struct Picky {
+        bad: Vec<&'static str>,
+    }
+
+    impl Model for Picky {
+        fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+            for i in 0..batch.len() {
+                let text = batch.field(0, i).unwrap_or_default();
+                if self.bad.contains(&text) {
+                    return Err(ModelError::new(format!("cannot do {text}")));
+                }
+                out.count("seen", 1);
+                out.push(batch.row(i), &format!("{{\"t\":{:?}}}", text));
+            }
+            Ok(())
+        }
+    }
+
+    fn batch(store: &ObjectStore, texts: &[&str]) -> (ObjectRef, RequestSchema) {
+        let schema = RequestSchema::text_with_id("text", "id");
+        let lines: Vec<String> = texts
+            .iter()
+            .map(|t| format!(r#"{{"text":{t:?}}}"#))
+            .collect();
+        let rows: Vec<_> = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    i as u64,
+                    i as u64 + 1,
+                    parse_row(l.as_bytes(), &schema).unwrap(),
+                )
+            })
+            .collect();
+        let bound = input_bound(&schema, rows.len(), lines.iter().map(String::len).sum());
+        let obj = encode_input(&schema, &rows, store.try_reserve(bound).unwrap().unwrap()).unwrap();
+        (obj, schema)
+    }
+
+    #[test]
+    fn isolation_finds_exactly_the_rows_that_fail_alone_and_keeps_the_rest_in_order() {
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let texts = ["a", "b", "x", "c", "d", "e", "y", "f", "g"];
+        let (obj, schema) = batch(&store, &texts);
+        let b = RequestBatch::decode(&obj, &schema).unwrap();
+        let model = Picky {
+            bad: vec!["x", "y"],
+        };
+        let (mut out, mut poison) = (ResultWriter::new(), Vec::new());
+        isolate(&model, &b, &mut out, &mut poison);
+        let rows: Vec<u64> = poison.iter().map(|p| p.row).collect();
+        assert_eq!(rows, vec![2, 6]);
+        assert_eq!(poison[0].line, 3);
+        assert_eq!(poison[1].message, "cannot do y");
+        // Failed calls' counts are dropped: each good row counted once.
+        assert_eq!(out.counters().get("seen"), Some(&7));
+        let (done, _) = out.finish().unwrap();
+        assert_eq!(done.values().to_vec(), vec![0, 1, 3, 4, 5, 7, 8]);
+    }
+
+    #[test]
+    fn a_failed_call_leaves_nothing_behind_and_a_short_answer_is_an_error() {
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (obj, schema) = batch(&store, &["a", "x", "b"]);
+        let b = RequestBatch::decode(&obj, &schema).unwrap();
+        let mut out = ResultWriter::new();
+        let e = call(&Picky { bad: vec!["x"] }, &b, &mut out).unwrap_err();
+        assert_eq!(e.message, "cannot do x");
+        assert!(out.is_empty() && out.counters().is_empty());
+
+        struct Short;
+        impl Model for Short {
+            fn predict(&self, b: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+                out.push(b.row(0), "{}");
+                Ok(())
+            }
+        }
+        let e = call(&Short, &b, &mut out).unwrap_err();
+        assert_eq!(e.message, "the model returned 1 results for 3 rows");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn passthrough_columns_follow_the_results_that_remain() {
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (obj, _) = batch(&store, &["a", "b", "c", "d"]);
+        let backend: Arc<dyn Backend> = Arc::new(PickyBackend);
+        let cols = OutputColumns::new(backend.as_ref(), &["text".to_string()]);
+        let b = RequestBatch::decode(&obj, &cols.request).unwrap();
+        // Rows 1 and 2 failed alone: their values are not passed through.
+        let rows = UInt64Array::from(vec![0, 3]);
+        let pass = cols.passthrough_columns(&b, &rows).unwrap();
+        let s = arrow_array::cast::AsArray::as_string::<i32>(pass[0].as_ref());
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Some("a"), Some("d")]);
+        // A string field passes as a string; JSON ones as JSON text.
+        assert!(!crate::json_lines::is_json_text(cols.schema.field(1)));
+    }
+
+    struct PickyBackend;
+
+    impl Backend for PickyBackend {
+        fn schema(&self) -> RequestSchema {
+            RequestSchema::text_with_id("text", "id")
+        }
+        fn result_bytes_bound(&self, _: usize, input_bytes: usize) -> usize {
+            input_bytes
+        }
+        fn load(&self, _: &Device) -> Result<Arc<dyn Model>, ModelError> {
+            Ok(Arc::new(Picky { bad: vec![] }))
+        }
     }
 }

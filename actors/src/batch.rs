@@ -5,7 +5,7 @@
 //! - An input batch: `_row` (u64, row number), `_line` (u64, 1-based line),
 //!   one Utf8 column per schema field (strings decoded, JSON values as text),
 //!   and `_raw` (the row's JSON text) when the schema keeps it.
-//! - An output batch: `_row` (u64) and `result` (Utf8, one JSON object each).
+//! - An output batch: see [`crate::results`].
 //!
 //! Decoding reads the arrays in place from the store's mapping: each array
 //! holds a reference to its object, so the object lives while they do.
@@ -25,7 +25,6 @@ use crate::store::{Holder, ObjectRef, Reservation};
 const ROW: &str = "_row";
 const LINE: &str = "_line";
 const RAW: &str = "_raw";
-const RESULT: &str = "result";
 
 /// The Arrow schema of input batches for a request schema.
 pub fn input_schema(schema: &RequestSchema) -> SchemaRef {
@@ -40,13 +39,6 @@ pub fn input_schema(schema: &RequestSchema) -> SchemaRef {
         fields.push(Field::new(RAW, DataType::Utf8, false));
     }
     Arc::new(Schema::new(fields))
-}
-
-fn output_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new(ROW, DataType::UInt64, false),
-        Field::new(RESULT, DataType::Utf8, false),
-    ]))
 }
 
 /// An upper bound of the IPC stream size for `rows` rows with `u64_cols`
@@ -69,16 +61,11 @@ pub fn input_bound(schema: &RequestSchema, rows: usize, line_bytes: usize) -> us
     ipc_bound(rows, 2, str_cols, copies * line_bytes)
 }
 
-/// The bound for an output batch of `rows` rows with `result_bytes` of JSON.
-pub fn output_bound(rows: usize, result_bytes: usize) -> usize {
-    ipc_bound(rows, 1, 1, result_bytes)
-}
-
 fn options() -> Result<IpcWriteOptions, ArrowError> {
     IpcWriteOptions::try_new(64, false, arrow_ipc::MetadataVersion::V5)
 }
 
-fn write_object(
+pub(crate) fn write_object(
     batch: &RecordBatch,
     reservation: Reservation,
     holder: Holder,
@@ -141,7 +128,7 @@ pub fn encode_columns(
     write_object(&batch, reservation, Holder::Source)
 }
 
-fn decode(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
+pub(crate) fn decode(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
     let mut buf = Buffer::from(obj.to_bytes());
     let mut decoder = StreamDecoder::new();
     while !buf.is_empty() {
@@ -252,6 +239,16 @@ impl RequestBatch {
         col.is_valid(i).then(|| col.value(i))
     }
 
+    /// Schema field number `field`'s column.
+    pub fn field_array(&self, field: usize) -> &StringArray {
+        &self.fields[field]
+    }
+
+    /// The rows' 0-based input row numbers.
+    pub fn rows(&self) -> &UInt64Array {
+        &self.rows
+    }
+
     /// The row's JSON text, when the schema keeps it.
     pub fn raw(&self, i: usize) -> Option<&str> {
         self.raw.as_ref().map(|c| c.value(i))
@@ -261,145 +258,6 @@ impl RequestBatch {
     pub fn data_bytes(&self) -> usize {
         let f: usize = self.fields.iter().map(|c| c.value_data().len()).sum();
         f + self.raw.as_ref().map_or(0, |c| c.value_data().len())
-    }
-}
-
-/// Collects a backend's results, one JSON object per row, and what it
-/// counts along the way.
-pub struct ResultWriter {
-    rows: UInt64Builder,
-    results: StringBuilder,
-    counters: crate::messages::Counters,
-}
-
-impl Default for ResultWriter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ResultWriter {
-    /// An empty writer.
-    pub fn new() -> Self {
-        ResultWriter {
-            rows: UInt64Builder::new(),
-            results: StringBuilder::new(),
-            counters: Default::default(),
-        }
-    }
-
-    /// Adds the result for input row `row`, as JSON text.
-    pub fn push(&mut self, row: u64, json: &str) {
-        self.rows.append_value(row);
-        self.results.append_value(json);
-    }
-
-    /// Adds the result for input row `row`, written by `f` (no extra copy).
-    pub fn push_with(
-        &mut self,
-        row: u64,
-        f: impl FnOnce(&mut dyn std::fmt::Write) -> std::fmt::Result,
-    ) -> std::fmt::Result {
-        self.rows.append_value(row);
-        let r = f(&mut self.results);
-        self.results.append_value("");
-        r
-    }
-
-    /// Adds `n` to the counter `name` (shown in the run report under
-    /// `counters`: texts truncated, say).
-    pub fn count(&mut self, name: &str, n: u64) {
-        if n > 0 {
-            *self.counters.entry(name.to_string()).or_default() += n;
-        }
-    }
-
-    /// The counters so far.
-    pub fn counters(&self) -> &crate::messages::Counters {
-        &self.counters
-    }
-
-    /// Results so far.
-    pub fn len(&self) -> usize {
-        self.rows.values_slice().len()
-    }
-
-    /// Whether no result was added.
-    pub fn is_empty(&self) -> bool {
-        self.rows.values_slice().is_empty()
-    }
-
-    /// Bytes of JSON so far.
-    pub fn result_bytes(&self) -> usize {
-        self.results.values_slice().len()
-    }
-
-    /// Every result so far, as (row numbers, JSON texts); the writer is
-    /// left empty.
-    pub fn take(&mut self) -> (UInt64Array, StringArray) {
-        (self.rows.finish(), self.results.finish())
-    }
-
-    /// Drops every result from `len` on (used when a call fails midway).
-    pub fn truncate(&mut self, len: usize) {
-        if len >= self.len() {
-            return;
-        }
-        let rows = self.rows.finish();
-        let results = self.results.finish();
-        let counters = std::mem::take(&mut self.counters);
-        *self = ResultWriter::new();
-        self.counters = counters;
-        for i in 0..len {
-            self.push(rows.value(i), results.value(i));
-        }
-    }
-
-    /// Puts the counters back as they were (a failed call's counts go).
-    pub fn set_counters(&mut self, counters: crate::messages::Counters) {
-        self.counters = counters;
-    }
-
-    /// Encodes the results into `reservation` as an output object.
-    pub fn encode(mut self, reservation: Reservation) -> Result<ObjectRef, ArrowError> {
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(self.rows.finish()),
-            Arc::new(self.results.finish()),
-        ];
-        let batch = RecordBatch::try_new(output_schema(), cols)?;
-        write_object(&batch, reservation, Holder::InFlight)
-    }
-}
-
-/// An output object as the Sink reads it.
-pub struct OutputBatch {
-    rows: UInt64Array,
-    results: StringArray,
-}
-
-impl OutputBatch {
-    /// Decodes an output object.
-    pub fn decode(obj: &ObjectRef) -> Result<Self, ArrowError> {
-        let batch = decode(obj)?;
-        Ok(OutputBatch {
-            rows: u64_col(&batch, ROW)?,
-            results: str_col(&batch, RESULT)?,
-        })
-    }
-
-    /// Rows in the batch.
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Whether the batch is empty.
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The input row number and result JSON of the `i`th row.
-    pub fn get(&self, i: usize) -> (u64, &str) {
-        (self.rows.value(i), self.results.value(i))
     }
 }
 
@@ -455,20 +313,5 @@ mod tests {
             }
         }
         assert_eq!(store.stats().objects, 0);
-    }
-
-    #[test]
-    fn output_round_trips_within_its_bound() {
-        let store = ObjectStore::new(1 << 20).unwrap();
-        let mut w = ResultWriter::new();
-        for i in 0..100u64 {
-            w.push_with(i, |f| write!(f, "{{\"n\":{i}}}")).unwrap();
-        }
-        let bound = output_bound(w.len(), w.result_bytes());
-        let obj = w
-            .encode(store.try_reserve(bound).unwrap().unwrap())
-            .unwrap();
-        let out = OutputBatch::decode(&obj).unwrap();
-        assert_eq!(out.get(42), (42, "{\"n\":42}"));
     }
 }

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::batch::{RequestBatch, ResultWriter};
+use crate::batch::RequestBatch;
 use crate::devices::Device;
+use crate::results::ResultWriter;
 use crate::rows::RequestSchema;
 
 /// A configured backend: knows its request schema and how to load a model.
@@ -13,9 +14,12 @@ pub trait Backend: Send + Sync + 'static {
     /// What each input row must contain.
     fn schema(&self) -> RequestSchema;
 
-    /// An upper bound of the JSON bytes of `rows` results whose requests
-    /// hold `input_bytes` bytes of field values (or row text). The output's
-    /// room in the store is reserved from this before the batch exists.
+    /// An upper bound of the bytes of the values of `rows` results whose
+    /// requests hold `input_bytes` bytes of field values (or row text):
+    /// 4 bytes an f32, a string's bytes, for typed columns; the JSON text's
+    /// bytes for a backend without an output schema. The output's room in
+    /// the store is reserved from this (and the columns' shape, see
+    /// [`crate::results::output_bound`]) before the batch exists.
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize;
 
     /// The same bound, knowing also how many `"` bytes the rows hold, for
@@ -26,9 +30,11 @@ pub trait Backend: Send + Sync + 'static {
         self.result_bytes_bound(rows, input_bytes)
     }
 
-    /// The columns of its results in a Parquet or Arrow output, when it
-    /// has a fixed shape (each result object's keys, typed); `None`: one
-    /// column of JSON text per result.
+    /// The typed columns of its results, appended with
+    /// [`ResultWriter::append`] and written as they are to Parquet and Arrow
+    /// parts (JSON Lines are encoded from them: field metadata in
+    /// [`crate::json_lines`] says how). `None`: each result is a JSON object
+    /// pushed with [`ResultWriter::push`], one `result` column.
     fn output_schema(&self) -> Option<arrow_schema::SchemaRef> {
         None
     }

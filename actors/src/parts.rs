@@ -2,30 +2,29 @@
 //! renamed into place when complete (the Sink decides when).
 //!
 //! ```text
-//!  jsonl    one result object per line, as the backend wrote it
-//!  parquet  one row group per batch; typed columns when the backend declares
-//!  arrow    them (an embedding: a fixed-size list of f32), else one "result"
-//!           column of JSON text; zstd-compressed Parquet, uncompressed Arrow
-//!           IPC file (memory-mappable by readers)
+//!  jsonl    one result object per line
+//!  parquet  one row group per batch; the backend's typed columns (an
+//!  arrow    embedding: a fixed-size list of f32), else one "result" column of
+//!           JSON text; zstd-compressed Parquet, uncompressed Arrow IPC file
+//!           (memory-mappable by readers)
 //! ```
 //!
-//! Typed columns are read back from the results' JSON by arrow-json against
-//! the declared schema, so a value that does not fit is an error naming the
-//! part and the row, never a silent null.
+//! Results reach the Sink as typed columns: Parquet and Arrow parts get
+//! them as they are; JSON Lines are encoded from them here, once
+//! ([`crate::json_lines`]).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow_array::builder::StringBuilder;
-use arrow_array::{ArrayRef, RecordBatch, UInt64Array};
-use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::batch::OutputBatch;
+use crate::json_lines::{self, LineEncoder};
+use crate::results::{OutputBatch, ROW};
 
 /// The formats stook writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,17 +62,33 @@ impl OutputFormat {
     }
 }
 
-/// The columns of a table part: the backend's declared schema, or one
-/// `result` column of JSON text; led by `_row` when order is not kept.
-pub fn table_schema(declared: Option<&Schema>, with_row: bool) -> SchemaRef {
-    let mut fields: Vec<Field> = Vec::new();
-    if with_row {
-        fields.push(Field::new("_row", DataType::UInt64, false));
-    }
-    match declared {
-        Some(s) => fields.extend(s.fields().iter().map(|f| f.as_ref().clone())),
-        None => fields.push(Field::new("result", DataType::Utf8, false)),
-    }
+/// The columns of a table part, from an output object's columns
+/// ([`crate::results::OutputColumns::schema`]): `_row` only when order is
+/// not kept (`with_row`), each passthrough column typed as in a table input
+/// (`pass_types`, by name; else Utf8), JSON text as Utf8, JSONL-only
+/// columns left out, stook's field metadata dropped.
+pub fn table_schema(
+    output: &Schema,
+    pass_types: &[(String, DataType)],
+    with_row: bool,
+) -> SchemaRef {
+    let fields: Vec<Field> = output
+        .fields()
+        .iter()
+        .filter(|f| (with_row || f.name() != ROW) && !json_lines::is_jsonl_only(f))
+        .map(|f| {
+            let typed = pass_types
+                .iter()
+                .find(|(n, _)| n == f.name())
+                .map(|(_, t)| t);
+            let ty = match typed {
+                Some(t) => t.clone(),
+                None if json_lines::is_json_text(f) => DataType::Utf8,
+                None => f.data_type().clone(),
+            };
+            Field::new(f.name(), ty, f.is_nullable() || typed.is_some())
+        })
+        .collect();
     Arc::new(Schema::new(fields))
 }
 
@@ -134,7 +149,7 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
 /// One part file being written.
 pub enum PartWriter {
     /// JSON Lines.
-    Jsonl(TempFile, Vec<u8>),
+    Jsonl(TempFile, String),
     /// Parquet, one row group per batch.
     Parquet(Box<ArrowWriter<TempFile>>, SchemaRef),
     /// Arrow IPC file, one record batch per batch.
@@ -151,7 +166,7 @@ impl PartWriter {
     ) -> std::io::Result<Self> {
         let file = TempFile::create(dir, name)?;
         Ok(match format {
-            OutputFormat::Jsonl => PartWriter::Jsonl(file, Vec::new()),
+            OutputFormat::Jsonl => PartWriter::Jsonl(file, String::new()),
             OutputFormat::Parquet => {
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -171,27 +186,19 @@ impl PartWriter {
     /// its input row number); returns the rows written.
     pub fn write(&mut self, out: &OutputBatch, with_row: bool) -> std::io::Result<u64> {
         match self {
-            PartWriter::Jsonl(file, line) => {
-                for i in 0..out.len() {
-                    let (row, json) = out.get(i);
-                    line.clear();
-                    if with_row {
-                        with_row_number(line, row, json);
-                    } else {
-                        line.extend_from_slice(json.as_bytes());
-                    }
-                    line.push(b'\n');
-                    file.write_all(line)?;
-                }
+            PartWriter::Jsonl(file, text) => {
+                text.clear();
+                LineEncoder::new(out.batch().schema_ref(), with_row).write_batch(out.batch(), text);
+                file.write_all(text.as_bytes())?;
             }
             PartWriter::Parquet(w, schema) => {
-                let batch = to_table(out, schema, with_row).map_err(io_error)?;
+                let batch = json_lines::to_table(out.batch(), schema).map_err(io_error)?;
                 w.write(&batch).map_err(io_error)?;
                 // One row group per batch.
                 w.flush().map_err(io_error)?;
             }
             PartWriter::Arrow(w, schema) => {
-                let batch = to_table(out, schema, with_row).map_err(io_error)?;
+                let batch = json_lines::to_table(out.batch(), schema).map_err(io_error)?;
                 w.write(&batch).map_err(io_error)?;
             }
         }
@@ -221,92 +228,5 @@ impl PartWriter {
         };
         drop(self);
         let _ = std::fs::remove_file(tmp);
-    }
-}
-
-/// A batch of results as a record batch of `schema`.
-fn to_table(
-    out: &OutputBatch,
-    schema: &SchemaRef,
-    with_row: bool,
-) -> Result<RecordBatch, ArrowError> {
-    let rows: ArrayRef = Arc::new(UInt64Array::from_iter_values(
-        (0..out.len()).map(|i| out.get(i).0),
-    ));
-    let result_only = schema.fields().len() == 1 + usize::from(with_row)
-        && schema.field(usize::from(with_row)).name() == "result"
-        && schema.field(usize::from(with_row)).data_type() == &DataType::Utf8;
-    let mut cols: Vec<ArrayRef> = Vec::new();
-    if with_row {
-        cols.push(rows);
-    }
-    if result_only {
-        let mut b = StringBuilder::new();
-        for i in 0..out.len() {
-            b.append_value(out.get(i).1);
-        }
-        cols.push(Arc::new(b.finish()));
-        return RecordBatch::try_new(schema.clone(), cols);
-    }
-    let declared = Arc::new(Schema::new(
-        schema.fields()[usize::from(with_row)..].to_vec(),
-    ));
-    let mut decoder = arrow_json::ReaderBuilder::new(declared)
-        .with_batch_size(out.len().max(1))
-        .with_coerce_primitive(true)
-        .build_decoder()?;
-    for i in 0..out.len() {
-        let (row, json) = out.get(i);
-        let mut text = json.as_bytes();
-        while !text.is_empty() {
-            let n = decoder.decode(text).map_err(|e| {
-                ArrowError::JsonError(format!("the result of input row {row}: {e}"))
-            })?;
-            text = &text[n..];
-        }
-        // Results are whole objects; a newline ends each for the decoder.
-        decoder.decode(b"\n")?;
-    }
-    let decoded = decoder
-        .flush()?
-        .ok_or_else(|| ArrowError::JsonError("no results decoded".into()))?;
-    if decoded.num_rows() != out.len() {
-        return Err(ArrowError::JsonError(format!(
-            "{} results decoded from {}",
-            decoded.num_rows(),
-            out.len()
-        )));
-    }
-    cols.extend(decoded.columns().iter().cloned());
-    RecordBatch::try_new(schema.clone(), cols)
-}
-
-/// `{"_row":N,` followed by the rest of the result object.
-pub fn with_row_number(line: &mut Vec<u8>, row: u64, json: &str) {
-    line.extend_from_slice(b"{\"_row\":");
-    line.extend_from_slice(row.to_string().as_bytes());
-    let rest = json
-        .trim_start()
-        .strip_prefix('{')
-        .unwrap_or(json)
-        .trim_start();
-    if !rest.starts_with('}') {
-        line.push(b',');
-    }
-    line.extend_from_slice(rest.as_bytes());
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_numbers_lead_the_object() {
-        let mut v = Vec::new();
-        with_row_number(&mut v, 7, r#"{"a":1}"#);
-        assert_eq!(v, br#"{"_row":7,"a":1}"#);
-        v.clear();
-        with_row_number(&mut v, 0, "{}");
-        assert_eq!(v, br#"{"_row":0}"#);
     }
 }

@@ -23,7 +23,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use crate::backend::BackendActor;
-use crate::batch::{input_bound, output_bound};
+use crate::batch::input_bound;
 use crate::error::PipelineError;
 use crate::messages::{
     BatchPlan, Compute, Computed, Deliver, Finish, InputBatch, LoadModel, PlanBatch, ProduceBatch,
@@ -31,7 +31,8 @@ use crate::messages::{
 };
 use crate::model::Backend;
 use crate::progress::Progress;
-use crate::rows::{RequestSchema, RowError};
+use crate::results::{output_bound, OutputColumns};
+use crate::rows::RowError;
 use crate::sink::Sink;
 use crate::source::Source;
 use crate::store::{Holder, ObjectRef, ObjectStore, Reservation};
@@ -54,9 +55,9 @@ pub struct SchedulerConfig {
     /// A batch in flight longer than this is sent again to an idle actor,
     /// and a stop waits no longer than this for batches in flight.
     pub timeout: Option<Duration>,
-    /// Bytes each result may gain from `[output] passthrough` beyond the
-    /// values themselves (keys, quotes, commas); 0: no passthrough.
-    pub passthrough_per_row: usize,
+    /// The input columns or keys `[output] passthrough` copies into every
+    /// result (their room is reserved with the output's).
+    pub passthrough: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -84,7 +85,7 @@ pub struct Scheduler {
     cfg: SchedulerConfig,
     store: ObjectStore,
     backend: Arc<dyn Backend>,
-    schema: RequestSchema,
+    columns: OutputColumns,
     actors: Pipeline,
     idle: Vec<usize>,
     idle_since: Vec<Option<Instant>>,
@@ -118,12 +119,13 @@ impl Scheduler {
         done: oneshot::Sender<Result<SinkSummary, PipelineError>>,
     ) -> Self {
         let n = actors.workers.len();
+        let columns = OutputColumns::new(backend.as_ref(), &cfg.passthrough);
         Scheduler {
             idle_since: vec![None; n],
             progress,
             cfg,
             store,
-            schema: backend.schema(),
+            columns,
             backend,
             idle: (0..n).rev().collect(),
             in_flight: (0..n).map(|_| None).collect(),
@@ -196,8 +198,8 @@ impl Scheduler {
                 return;
             }
         }
-        let input = input_bound(&self.schema, plan.rows, plan.bytes);
-        let output = output_room(self.backend.as_ref(), &plan, self.cfg.passthrough_per_row);
+        let input = input_bound(&self.columns.request, plan.rows, plan.bytes);
+        let output = output_room(self.backend.as_ref(), &plan, &self.columns);
         let budget = self.store.budget();
         if input + output > budget {
             return self.fail(PipelineError::BatchTooLarge {
@@ -333,11 +335,7 @@ impl Scheduler {
             let Some(work) = self.in_flight[s].as_mut() else {
                 continue;
             };
-            let bound = output_room(
-                self.backend.as_ref(),
-                &work.plan,
-                self.cfg.passthrough_per_row,
-            );
+            let bound = output_room(self.backend.as_ref(), &work.plan, &self.columns);
             let Ok(Some(reservation)) = self.store.try_reserve(bound) else {
                 self.idle.push(slot);
                 return;
@@ -491,20 +489,17 @@ impl Scheduler {
     }
 }
 
-/// The store room a batch's output may need.
-/// The output's room: the backend's bound, and with passthrough the values
-/// copied (never more than the input's bytes, escaped at most 6×: a string
-/// stored decoded is quoted again) and their keys.
-fn output_room(backend: &dyn Backend, plan: &BatchPlan, passthrough_per_row: usize) -> usize {
-    let copied = if passthrough_per_row > 0 {
-        6 * plan.bytes + plan.rows * passthrough_per_row
-    } else {
+/// The store room a batch's output may need: the backend's bound of its
+/// values, and with passthrough the values copied (never more than the
+/// input's bytes: a decoded string is shorter than its JSON text).
+fn output_room(backend: &dyn Backend, plan: &BatchPlan, columns: &OutputColumns) -> usize {
+    let copied = if columns.passthrough.is_empty() {
         0
+    } else {
+        plan.bytes
     };
-    output_bound(
-        plan.rows,
-        backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes) + copied,
-    )
+    let values = backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes) + copied;
+    output_bound(&columns.schema, plan.rows, values)
 }
 
 impl Actor for Scheduler {

@@ -22,14 +22,15 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::batch::OutputBatch;
 use crate::checkpoint::{
     append_record, errors_name, open_for_append, part_name, sync_dir, ShardRecord, Todo,
 };
 use crate::error::PipelineError;
+use crate::json_lines::LineEncoder;
 use crate::messages::{Deliver, Finish, SinkSummary};
 use crate::parts::{OutputFormat, PartWriter, TempFile};
 use crate::progress::Progress;
+use crate::results::OutputBatch;
 use crate::rows::RowError;
 use crate::store::Holder;
 
@@ -203,10 +204,13 @@ impl Sink {
         if let Some(obj) = &d.output {
             obj.set_holder(Holder::Sink);
             let out = OutputBatch::decode(obj)?;
+            let encoder = LineEncoder::new(out.batch().schema_ref(), false);
             batch.results = (0..out.len())
                 .map(|i| {
-                    let (row, json) = out.get(i);
-                    (row, json.to_string())
+                    let mut json = String::new();
+                    encoder.write_row(out.batch(), i, &mut json);
+                    json.pop(); // the newline
+                    (out.row(i), json)
                 })
                 .collect();
         }

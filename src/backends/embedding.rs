@@ -14,16 +14,17 @@
 //! `{"id":…,"embedding":[…]}`, each float the shortest text that reads back
 //! as the same f32.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
+use arrow_array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema as Columns, SchemaRef};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config as BertConfig, HiddenAct};
-use rayon::prelude::*;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use stook_actors::json_lines::{self, with_meta, LineEncoder};
 use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
 use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
@@ -360,47 +361,26 @@ impl Backend for Embedding {
     }
 
     fn result_bytes_bound_quoted(&self, rows: usize, input_bytes: usize, quotes: usize) -> usize {
+        let vector = 4 * self.folder.dim;
         match self.opts.schema {
-            // `{"id":…,"embedding":[…]}`: at most 17 bytes a float
-            // ([`push_f32`]) and a comma.
-            Schema::Text => rows * (32 + self.folder.dim * 18) + input_bytes,
+            // The id's JSON text (within the input) and a vector.
+            Schema::Text => rows * vector + input_bytes,
             // Every valid request has 5 strings besides its texts (keys
             // texts, model_name, model_type; values of the last two), each
-            // text 2 quotes; a float is at most 23 bytes and ", ". Echoed
-            // strings grow at most 6× when escaped (`\u0001`).
+            // text 2 quotes; strings copied from the input, a generated
+            // request id (36), "embedding", "{}" and the dimension.
             Schema::Sheaf => {
                 let texts = quotes.saturating_sub(10 * rows) / 2;
-                rows * 160 + 6 * input_bytes + texts * (4 + self.folder.dim * 25)
+                rows * 64 + input_bytes + texts * vector
             }
         }
     }
 
     fn output_schema(&self) -> Option<arrow_schema::SchemaRef> {
-        use arrow_schema::{DataType, Field, Schema as Columns};
-        let vector = || {
-            DataType::FixedSizeList(
-                Arc::new(Field::new("item", DataType::Float32, false)),
-                self.folder.dim as i32,
-            )
-        };
-        let fields = match self.opts.schema {
-            Schema::Text => vec![
-                Field::new("id", DataType::Utf8, true),
-                Field::new("embedding", vector(), false),
-            ],
-            Schema::Sheaf => vec![
-                Field::new("request_id", DataType::Utf8, false),
-                Field::new("model_type", DataType::Utf8, false),
-                Field::new("model_name", DataType::Utf8, false),
-                Field::new(
-                    "embeddings",
-                    DataType::List(Arc::new(Field::new("item", vector(), false))),
-                    false,
-                ),
-                Field::new("dim", DataType::Int64, false),
-            ],
-        };
-        Some(Arc::new(Columns::new(fields)))
+        Some(match self.opts.schema {
+            Schema::Text => text_columns(self.folder.dim),
+            Schema::Sheaf => sheaf::columns(self.folder.dim),
+        })
     }
 
     fn fingerprint(&self) -> String {
@@ -783,36 +763,36 @@ fn non_finite(vectors: &[Vec<f32>]) -> Option<(usize, f32)> {
         .find_map(|(i, v)| v.iter().find(|x| !x.is_finite()).map(|x| (i, *x)))
 }
 
-/// Appends `x` as the shortest text that reads back as the same f32:
-/// positional between 1e-5 and 1e16, else with an exponent, so at most 17
-/// bytes (`-0.0000123456789`, `-1.1754944e-38`).
-fn push_f32(line: &mut String, x: f32) {
-    let a = x.abs();
-    if a != 0.0 && !(1e-5..1e16).contains(&a) {
-        let _ = write!(line, "{x:e}");
-    } else {
-        let _ = write!(line, "{x}");
-    }
+/// The text schema's result columns: the row's id (its JSON text, left
+/// out when absent) and its vector.
+fn text_columns(dim: usize) -> SchemaRef {
+    let id = Field::new("id", DataType::Utf8, true);
+    Arc::new(Columns::new(vec![
+        with_meta(id, json_lines::ENCODING, json_lines::JSON_TEXT),
+        Field::new("embedding", vector_type(dim), false),
+    ]))
 }
 
-/// `{"id":…,"embedding":[…]}` (no id key when the row has none).
-fn text_line(id: Option<&str>, v: &[f32]) -> String {
-    let mut line = String::with_capacity(32 + v.len() * 12);
-    if let Some(id) = id {
-        line.push_str("{\"id\":");
-        line.push_str(id);
-        line.push_str(",\"embedding\":[");
-    } else {
-        line.push_str("{\"embedding\":[");
+/// A vector of `dim` f32s, as a column type.
+pub(crate) fn vector_type(dim: usize) -> DataType {
+    DataType::FixedSizeList(
+        Arc::new(Field::new("item", DataType::Float32, false)),
+        dim as i32,
+    )
+}
+
+/// `vectors` (each `dim` long) as one column of [`vector_type`].
+pub(crate) fn vector_column(
+    vectors: &[Vec<f32>],
+    dim: usize,
+) -> Result<FixedSizeListArray, ModelError> {
+    let mut flat = Vec::with_capacity(vectors.len() * dim);
+    for v in vectors {
+        flat.extend_from_slice(v);
     }
-    for (k, &x) in v.iter().enumerate() {
-        if k > 0 {
-            line.push(',');
-        }
-        push_f32(&mut line, x);
-    }
-    line.push_str("]}");
-    line
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    FixedSizeListArray::try_new(item, dim as i32, Arc::new(Float32Array::from(flat)), None)
+        .map_err(|e| ModelError::new(format!("internal: vectors of {dim} values: {e}")))
 }
 
 /// Seconds each stage of the backend took over the same texts, alone.
@@ -827,7 +807,7 @@ pub struct StageTimes {
     /// The model alone on the tokenized texts: padding, forward passes,
     /// pooling, normalisation, vectors back to the host.
     pub forward: f64,
-    /// Printing every vector as a result line, on every core.
+    /// Writing every vector as a JSON Lines result, as the Sink does.
     pub format: f64,
 }
 
@@ -870,19 +850,25 @@ pub fn stage_times(
             .collect::<Result<Vec<_>, _>>()
     });
     let vectors = vectors?;
-    let (bytes, format) = timed(|| {
-        let mut bytes = 0usize;
+    let dim = model.folder.dim;
+    let columns = text_columns(dim);
+    let (bytes, format) = timed(|| -> Result<usize, ModelError> {
+        let encoder = LineEncoder::new(&columns, false);
+        let mut text = String::new();
         for vs in &vectors {
-            let lines: Vec<String> = vs
-                .par_iter()
-                .enumerate()
-                .map(|(i, v)| text_line(Some(&i.to_string()), v))
-                .collect();
-            bytes += lines.iter().map(String::len).sum::<usize>();
+            let ids: Vec<String> = (0..vs.len()).map(|i| i.to_string()).collect();
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(ids)),
+                Arc::new(vector_column(vs, dim)?),
+            ];
+            let batch = RecordBatch::try_new(columns.clone(), cols)
+                .map_err(|e| ModelError::new(format!("internal: {e}")))?;
+            text.clear();
+            encoder.write_batch(&batch, &mut text);
         }
-        bytes
+        Ok(text.len())
     });
-    std::hint::black_box(bytes);
+    std::hint::black_box(bytes?);
     Ok(StageTimes {
         texts: texts.len(),
         load,
@@ -904,16 +890,11 @@ impl EmbeddingModel {
                 format!("the model produced {bad}"),
             ));
         }
-        // Printing floats is the costly part of a result: on every core.
-        let lines: Vec<String> = vectors
-            .par_iter()
-            .enumerate()
-            .map(|(i, v)| text_line(batch.field(1, i), v))
-            .collect();
-        for (i, line) in lines.iter().enumerate() {
-            out.push(batch.row(i), line);
-        }
-        Ok(())
+        let embedding = vector_column(&vectors, self.folder.dim)?;
+        out.append(
+            batch.rows(),
+            vec![Arc::new(batch.field_array(1).clone()), Arc::new(embedding)],
+        )
     }
 
     /// sheaf-serve's EmbeddingRequest lines: every text of every row in
@@ -952,22 +933,16 @@ impl EmbeddingModel {
             }
             rows_vectors.push(vs);
         }
-        let lines: Vec<String> = rows_vectors
-            .par_iter()
-            .enumerate()
-            .map(|(i, vs)| {
-                let id = match batch.field(sheaf::REQUEST_ID, i) {
-                    Some(id) => id.to_string(),
-                    None => sheaf::request_id(batch.input_key(), batch.row(i)),
-                };
-                let name = batch.field(sheaf::MODEL_NAME, i).unwrap_or_default();
-                sheaf::response(&id, name, vs, self.folder.dim)
+        let ids: Vec<String> = (0..batch.len())
+            .map(|i| match batch.field(sheaf::REQUEST_ID, i) {
+                Some(id) => id.to_string(),
+                None => sheaf::request_id(batch.input_key(), batch.row(i)),
             })
             .collect();
-        for (i, line) in lines.iter().enumerate() {
-            out.push(batch.row(i), line);
-        }
-        Ok(())
+        let names = (0..batch.len()).map(|i| batch.field(sheaf::MODEL_NAME, i).unwrap_or_default());
+        let columns =
+            sheaf::response_columns(ids, names.collect(), &rows_vectors, self.folder.dim)?;
+        out.append(batch.rows(), columns)
     }
 }
 

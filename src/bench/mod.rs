@@ -23,10 +23,7 @@ pub use kernels::{kernels, KernelsBench};
 pub use pipeline::{pipeline, PipelineBench};
 pub use stages::{stages, StagesBench};
 
-use crate::config::{
-    BatchConfig, CheckpointConfig, Compute, DeviceChoice, InputConfig, JobConfig, MemoryConfig,
-    ModelConfig, OutputConfig,
-};
+use crate::config::{Compute, DeviceChoice, JobConfig};
 
 /// Writes `rows` rows of about `row_bytes` bytes as compact JSON with keys
 /// in sorted order (so a parse-and-write loop reproduces each line exactly).
@@ -82,33 +79,12 @@ pub fn echo_config(
     num_actors: usize,
     preserve_order: bool,
 ) -> JobConfig {
-    JobConfig {
-        input: InputConfig {
-            format: None,
-            columns: None,
-            path: input.to_path_buf(),
-            max_line_bytes: crate::ByteSize(16 << 20),
-        },
-        output: OutputConfig {
-            format: Default::default(),
-            passthrough: Vec::new(),
-            path: output.to_path_buf(),
-            preserve_order,
-            assemble: None,
-        },
-        model: ModelConfig {
-            backend: "echo".into(),
-            options: toml::Table::new(),
-        },
-        batch: BatchConfig {
-            size: batch_size,
-            compute: Compute::Actors,
-            num_actors,
-            ..BatchConfig::default()
-        },
-        memory: MemoryConfig::default(),
-        checkpoint: CheckpointConfig::default(),
-    }
+    let mut c = JobConfig::new(input, output, "echo");
+    c.output.preserve_order = preserve_order;
+    c.batch.size = batch_size;
+    c.batch.compute = Compute::Actors;
+    c.batch.num_actors = num_actors;
+    c
 }
 
 /// The benchmark's working directory: `dir`, or a temporary one kept

@@ -4,10 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use stook::config::{
-    BatchConfig, CheckpointConfig, Compute, InputConfig, JobConfig, MemoryConfig, ModelConfig,
-    OutputConfig,
-};
+use stook::config::{Compute, JobConfig};
 use stook::{BackendRegistry, ByteSize, Job, RunControl, RunError, RunReport};
 
 /// A fresh temporary directory, removed on drop.
@@ -40,28 +37,9 @@ pub fn fnv1a(text: &str) -> u64 {
 
 /// A synthetic-backend job over `input`.
 pub fn synthetic_config(input: &Path, output: &Path, options: &str) -> JobConfig {
-    JobConfig {
-        input: InputConfig {
-            format: None,
-            columns: None,
-            path: input.to_path_buf(),
-            max_line_bytes: ByteSize(16 << 20),
-        },
-        output: OutputConfig {
-            format: Default::default(),
-            passthrough: Vec::new(),
-            path: output.to_path_buf(),
-            preserve_order: true,
-            assemble: None,
-        },
-        model: ModelConfig {
-            backend: "synthetic".into(),
-            options: toml::from_str(options).unwrap(),
-        },
-        batch: BatchConfig::default(),
-        memory: MemoryConfig::default(),
-        checkpoint: CheckpointConfig::default(),
-    }
+    let mut c = JobConfig::new(input, output, "synthetic");
+    c.model.options = toml::from_str(options).unwrap();
+    c
 }
 
 /// Sets the batching knobs.
