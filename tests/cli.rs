@@ -218,16 +218,29 @@ fn crlf_blank_lines_a_bom_and_no_final_newline_are_fine() {
     );
 }
 
+/// The GPUs NVML reports on this machine (none without a driver): the
+/// device tests hold on a machine with GPUs too.
+fn gpus_here() -> usize {
+    stook_actors::GpuInventory::probe().gpus.len()
+}
+
 #[test]
 fn more_gpus_than_nvml_reports_are_refused_before_any_model_loads() {
     let c = Case::new();
     c.input(good(0).as_bytes());
-    let cfg = c.config("load_ms = 1", "num_actors = 2\nnum_gpus_per_actor = 1");
+    let (have, want) = (gpus_here(), gpus_here() + 1);
+    let cfg = c.config(
+        "load_ms = 1",
+        &format!("num_actors = {want}\nnum_gpus_per_actor = 1"),
+    );
     let o = c.stook(&["run", cfg.to_str().unwrap()]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
+    let found = if have == 1 { "was found" } else { "were found" };
     assert!(
-        err.contains("batch.num_gpus_per_actor = 1 with batch.num_actors = 2 needs 2 GPU(s), but 0 were found"),
+        err.contains(&format!(
+            "batch.num_gpus_per_actor = 1 with batch.num_actors = {want} needs {want} GPU(s), but {have} {found}"
+        )),
         "{err}"
     );
     assert!(!err.contains("loading model"), "{err}");
@@ -237,18 +250,25 @@ fn more_gpus_than_nvml_reports_are_refused_before_any_model_loads() {
 fn device_choices_are_checked_before_any_model_loads() {
     let c = Case::new();
     c.input(good(0).as_bytes());
-    // "auto" without a GPU (or without CUDA) runs on the CPU.
+    // "auto" runs on a GPU when there is one and stook was built for CUDA,
+    // else on the CPU.
     let cfg = c.config("load_ms = 1", "device = \"auto\"");
     let o = c.stook(&["run", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stderr(&o).contains("model loads on cpu"), "{}", stderr(&o));
+    let on = if gpus_here() > 0 && cfg!(feature = "cuda") {
+        "model loads on cuda:"
+    } else {
+        "model loads on cpu"
+    };
+    assert!(stderr(&o).contains(on), "{}", stderr(&o));
     // A GPU index that is not there is refused, naming it.
-    let cfg = c.config("load_ms = 1", "device = \"cuda:7\"");
+    let missing = format!("cuda:{}", gpus_here());
+    let cfg = c.config("load_ms = 1", &format!("device = \"{missing}\""));
     let o = c.stook(&["run", "--fresh", cfg.to_str().unwrap()]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("batch.device = \"cuda:7\": no such GPU"),
+        err.contains(&format!("batch.device = \"{missing}\": no such GPU")),
         "{err}"
     );
     assert!(!err.contains("loading model"), "{err}");

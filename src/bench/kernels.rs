@@ -11,8 +11,8 @@ use candle_core::{DType, Device as CandleDevice, Tensor};
 /// Arguments of `stook bench kernels`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct KernelsBench {
-    /// `cuda:N` (or `cpu`: the CPU versions against themselves, a smoke
-    /// test of the harness).
+    /// `cuda:N` (or `cpu`: the CPU versions against a plain f64
+    /// reference).
     #[arg(long, default_value = "cuda:0")]
     pub device: String,
 }
@@ -46,8 +46,13 @@ impl Agreement {
 pub fn kernels(args: &KernelsBench) -> Result<(), Box<dyn std::error::Error>> {
     let dev = candle_device(&super::device_arg(&args.device)?)?;
     let results = check(&dev)?;
+    let against = if dev.is_cpu() {
+        "a plain f64 reference"
+    } else {
+        "their CPU versions"
+    };
     println!(
-        "stook's packed ops on {} against their CPU versions (error in units of the allowed: ≤ 1 passes)",
+        "stook's packed ops on {} against {against} (error in units of the allowed: ≤ 1 passes)",
         args.device
     );
     for a in &results {
@@ -75,15 +80,17 @@ pub fn kernels(args: &KernelsBench) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Every op in every float type on `dev`, against the CPU.
+/// Every op in every float type on `dev`: against the CPU versions on a
+/// GPU, against [`reference`] (plain f64 arithmetic sharing no code with
+/// the ops) on the CPU.
 pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let tokens: usize = LENGTHS.iter().sum();
-    let mut starts = vec![0u32];
+    let mut bounds = vec![0u32];
     for l in LENGTHS {
-        starts.push(starts.last().copied().unwrap_or(0) + l as u32);
+        bounds.push(bounds.last().copied().unwrap_or(0) + l as u32);
     }
-    let starts = Tensor::new(starts.as_slice(), &CandleDevice::Cpu)?;
+    let starts = Tensor::new(bounds.as_slice(), &CandleDevice::Cpu)?;
     let longest = LENGTHS.iter().copied().max().unwrap_or(1);
     let hidden = 384;
     let qkv = rng.tensor((tokens, 3 * hidden), -2.0, 2.0)?;
@@ -92,9 +99,23 @@ pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
     let up_bias = rng.tensor(4 * hidden, -0.5, 0.5)?;
     let mut out = Vec::new();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
-        let mut run = |op: String, f: &dyn Fn(&CandleDevice) -> candle_core::Result<Tensor>| {
-            let want = f(&CandleDevice::Cpu)?;
+        // The inputs as the op sees them (rounded to `dtype`), in f64.
+        let f64s = |t: &Tensor| -> candle_core::Result<Vec<f64>> {
+            t.to_dtype(dtype)?
+                .to_dtype(DType::F64)?
+                .flatten_all()?
+                .to_vec1::<f64>()
+        };
+        let mut run = |op: String,
+                       f: &dyn Fn(&CandleDevice) -> candle_core::Result<Tensor>,
+                       plain: &dyn Fn() -> candle_core::Result<Vec<f64>>| {
             let got = f(dev)?;
+            let want = if dev.is_cpu() {
+                Tensor::from_vec(plain()?, got.shape(), &CandleDevice::Cpu)?
+                    .to_dtype(got.dtype())?
+            } else {
+                f(&CandleDevice::Cpu)?
+            };
             out.push(Agreement {
                 error: error(&want, &got)?,
                 op,
@@ -108,13 +129,26 @@ pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
                 heads: hidden / d,
                 longest,
             };
-            run(format!("attention, head size {d}"), &|dv| {
-                on(&qkv, dv)?.apply_op3_no_bwd(&on(&qkv_bias, dv)?, &starts.to_device(dv)?, &op)
-            })?;
+            run(
+                format!("attention, head size {d}"),
+                &|dv| {
+                    on(&qkv, dv)?.apply_op3_no_bwd(&on(&qkv_bias, dv)?, &starts.to_device(dv)?, &op)
+                },
+                &|| {
+                    Ok(reference::attention(
+                        &f64s(&qkv)?,
+                        &f64s(&qkv_bias)?,
+                        hidden / d,
+                        &bounds,
+                    ))
+                },
+            )?;
         }
-        run("bias + gelu".into(), &|dv| {
-            on(&up, dv)?.apply_op2_no_bwd(&on(&up_bias, dv)?, &BiasGelu)
-        })?;
+        run(
+            "bias + gelu".into(),
+            &|dv| on(&up, dv)?.apply_op2_no_bwd(&on(&up_bias, dv)?, &BiasGelu),
+            &|| Ok(reference::bias_gelu(&f64s(&up)?, &f64s(&up_bias)?)),
+        )?;
         for cols in [hidden, 1000] {
             let y = rng.tensor((tokens, cols), -3.0, 3.0)?;
             let residual = rng.tensor((tokens, cols), -3.0, 3.0)?;
@@ -127,22 +161,117 @@ pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
                 0,
             )?;
             let op = AddNorm { eps: 1e-12 };
-            run(format!("bias + residual + norm, {cols}"), &|dv| {
-                on(&y, dv)?.apply_op3_no_bwd(&on(&residual, dv)?, &on(&params, dv)?, &op)
-            })?;
+            run(
+                format!("bias + residual + norm, {cols}"),
+                &|dv| on(&y, dv)?.apply_op3_no_bwd(&on(&residual, dv)?, &on(&params, dv)?, &op),
+                &|| {
+                    Ok(reference::add_norm(
+                        &f64s(&y)?,
+                        &f64s(&residual)?,
+                        &f64s(&params)?,
+                        1e-12,
+                    ))
+                },
+            )?;
         }
         for cls in [false, true] {
-            let x = up.narrow(1, 0, hidden)?;
+            let x = up.narrow(1, 0, hidden)?.contiguous()?;
             run(
                 format!("pool, {}", if cls { "first" } else { "mean" }),
-                &|dv| {
-                    on(&x.contiguous()?, dv)?
-                        .apply_op2_no_bwd(&starts.to_device(dv)?, &Pool { cls })
-                },
+                &|dv| on(&x, dv)?.apply_op2_no_bwd(&starts.to_device(dv)?, &Pool { cls }),
+                &|| Ok(reference::pool(&f64s(&x)?, hidden, &bounds, cls)),
             )?;
         }
     }
     Ok(out)
+}
+
+/// Each op written out plainly in f64, sharing no code with `packed.rs`
+/// or the CPU kernels (`kernels.rs`): what the CPU versions are checked
+/// against. Texts lie end to end, text `s` on rows `starts[s] ..
+/// starts[s + 1]`.
+pub mod reference {
+    /// Attention of every text and head from `qkv` (tokens × 3·hidden,
+    /// query | key | value) plus `bias`: the context (tokens × hidden).
+    pub fn attention(qkv: &[f64], bias: &[f64], heads: usize, starts: &[u32]) -> Vec<f64> {
+        let width = bias.len();
+        let hidden = width / 3;
+        let d = hidden / heads;
+        let at = |t: usize, c: usize| qkv[t * width + c] + bias[c];
+        let mut ctx = vec![0.0; qkv.len() / 3];
+        for w in starts.windows(2) {
+            let text = w[0] as usize..w[1] as usize;
+            for h in 0..heads {
+                for r in text.clone() {
+                    let scores: Vec<f64> = text
+                        .clone()
+                        .map(|j| {
+                            (0..d)
+                                .map(|k| at(r, h * d + k) * at(j, hidden + h * d + k))
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for k in 0..d {
+                        let v: f64 = text
+                            .clone()
+                            .zip(&e)
+                            .map(|(j, p)| p * at(j, 2 * hidden + h * d + k))
+                            .sum();
+                        ctx[r * hidden + h * d + k] = v / sum;
+                    }
+                }
+            }
+        }
+        ctx
+    }
+
+    /// `gelu(y + bias)`, exact: `x/2 · (1 + erf(x/√2))`.
+    pub fn bias_gelu(y: &[f64], bias: &[f64]) -> Vec<f64> {
+        y.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let x = v + bias[i % bias.len()];
+                0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+            })
+            .collect()
+    }
+
+    /// `layer_norm(y + bias + residual) · gamma + beta` per row, `params`
+    /// = bias | gamma | beta.
+    pub fn add_norm(y: &[f64], residual: &[f64], params: &[f64], eps: f64) -> Vec<f64> {
+        let cols = params.len() / 3;
+        let mut out = Vec::with_capacity(y.len());
+        for (y, r) in y.chunks(cols).zip(residual.chunks(cols)) {
+            let x: Vec<f64> = (0..cols).map(|c| y[c] + params[c] + r[c]).collect();
+            let mean = x.iter().sum::<f64>() / cols as f64;
+            let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            out.extend(
+                (0..cols).map(|c| (x[c] - mean) * inv * params[cols + c] + params[2 * cols + c]),
+            );
+        }
+        out
+    }
+
+    /// One vector per text: the mean of its rows of `x` (tokens × hidden),
+    /// or its first row (`cls`); zeros for an empty text.
+    pub fn pool(x: &[f64], hidden: usize, starts: &[u32], cls: bool) -> Vec<f64> {
+        let mut out = Vec::new();
+        for w in starts.windows(2) {
+            let (a, b) = (w[0] as usize, w[1] as usize);
+            let rows = if cls { a..b.min(a + 1) } else { a..b };
+            let n = rows.len();
+            for c in 0..hidden {
+                let sum: f64 = rows.clone().map(|t| x[t * hidden + c]).sum();
+                out.push(if n == 0 { 0.0 } else { sum / n as f64 });
+            }
+        }
+        out
+    }
 }
 
 /// Tokens per text in [`timings`].
@@ -313,10 +442,27 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_agrees_with_itself_on_every_op_and_type() {
+    fn the_cpu_ops_agree_with_the_plain_reference_on_every_op_and_type() {
         let r = check(&CandleDevice::Cpu).unwrap();
         // 2 attention + gelu + 2 norms + 2 pools, in 3 types.
         assert_eq!(r.len(), 21);
-        assert!(r.iter().all(|a| a.error == 0.0), "{r:?}");
+        assert!(r.iter().all(|a| a.ok()), "{r:?}");
+    }
+
+    #[test]
+    fn the_reference_catches_a_wrong_op() {
+        // A GELU off by 1e-3 of its input, as a wrong erf would be.
+        let y = [-3.0, -0.5, 0.0, 0.7, 2.5];
+        let want = reference::bias_gelu(&y, &[0.0]);
+        let wrong: Vec<f32> = want
+            .iter()
+            .zip(&y)
+            .map(|(w, x)| (w + 1e-3 * x) as f32)
+            .collect();
+        let t = |v: Vec<f32>| Tensor::new(v.as_slice(), &CandleDevice::Cpu).unwrap();
+        let want = t(want.iter().map(|&x| x as f32).collect());
+        assert!(error(&want, &t(wrong)).unwrap() > 1.0);
+        // And a plain sanity value: gelu(1) = 0.8413447…
+        assert!((reference::bias_gelu(&[1.0], &[0.0])[0] - 0.841_344_746).abs() < 1e-8);
     }
 }
