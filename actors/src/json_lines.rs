@@ -488,7 +488,11 @@ pub fn to_table(batch: &RecordBatch, table: &Arc<Schema>) -> Result<RecordBatch,
                 ArrowError::SchemaError(format!("the results have no column {:?}", f.name()))
             })?;
             let col = batch.column(i);
-            if is_json_text(schema.field(i)) {
+            let object = meta(schema.field(i), ENCODING) == Some(JSON_OBJECT);
+            if object && f.data_type() == &DataType::Utf8 {
+                // Whole objects are their own text: the column as it is.
+                Ok(col.clone())
+            } else if is_json_text(schema.field(i)) {
                 json_text_to(col.as_string::<i32>(), f.data_type())
                     .map_err(|e| ArrowError::JsonError(format!("column {:?}: {e}", f.name())))
             } else if col.data_type() != f.data_type() {

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use crate::json_lines::{self, LineEncoder};
-use crate::results::{OutputBatch, ROW};
+use crate::results::{OutputBatch, RESULT, ROW};
 
 /// The formats stook writes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -168,9 +169,18 @@ impl PartWriter {
         Ok(match format {
             OutputFormat::Jsonl => PartWriter::Jsonl(file, String::new()),
             OutputFormat::Parquet => {
-                let props = WriterProperties::builder()
-                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                    .build();
+                let mut props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()));
+                if schema.column_with_name(RESULT).is_some() {
+                    // Whole JSON objects: rarely repeated, and their
+                    // min / max say nothing; a dictionary and statistics
+                    // would be work thrown away.
+                    let col = ColumnPath::from(RESULT);
+                    props = props
+                        .set_column_dictionary_enabled(col.clone(), false)
+                        .set_column_statistics_enabled(col, EnabledStatistics::None);
+                }
+                let props = props.build();
                 let w =
                     ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(io_error)?;
                 PartWriter::Parquet(Box::new(w), schema.clone())
