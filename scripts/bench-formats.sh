@@ -83,7 +83,13 @@ for p in sorted(f for f in os.listdir(out) if f.startswith("part-")):
         h.update(open(p, "rb").read())
     else:
         t = pq.read_table(p) if fmt == "parquet" else ipc.open_file(pa.memory_map(p)).read_all()
-        for s in t.column("result").to_pylist():
+        if t.schema.names == ["result"]:
+            rows = t.column("result").to_pylist()
+        else:  # a table's rows, typed: as the JSON Lines input holds them
+            import json
+            rows = [json.dumps({k: v for k, v in r.items() if v is not None}, ensure_ascii=False,
+                               separators=(",", ":")) for r in t.to_pylist()]
+        for s in rows:
             h.update(s.encode() + b"\n")
 print(h.hexdigest())
 EOF

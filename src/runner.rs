@@ -224,10 +224,42 @@ impl Job {
         }
     }
 
+    /// The output objects' columns: the backend's (for a table input, as
+    /// its rows are typed: `echo` writes them back as they are) and the
+    /// passthrough columns; a name in both is refused.
+    fn output_columns(&self, input: Option<&Input>) -> Result<OutputColumns, RunError> {
+        let rows = match input {
+            Some(Input::Table(t)) => t.row_schema(),
+            _ => None,
+        };
+        let columns = OutputColumns::new(
+            self.backend.as_ref(),
+            &self.config.output.passthrough,
+            rows.as_ref(),
+        );
+        if let Some(n) = columns.clash() {
+            return Err(ConfigErrors {
+                path: self.config_path.clone(),
+                problems: vec![crate::config::ConfigProblem::new(
+                    "output.passthrough",
+                    format!(
+                        "{n:?} is a column of the {} backend's results already",
+                        self.config.model.backend
+                    ),
+                )],
+            }
+            .into());
+        }
+        Ok(columns)
+    }
+
     /// The columns of a Parquet or Arrow part.
     /// `pass_types`: each passthrough column's type in a table input.
-    fn table_schema(&self, pass_types: &[Option<DataType>]) -> arrow_schema::SchemaRef {
-        let output = OutputColumns::new(self.backend.as_ref(), &self.config.output.passthrough);
+    fn table_schema(
+        &self,
+        output: &OutputColumns,
+        pass_types: &[Option<DataType>],
+    ) -> arrow_schema::SchemaRef {
         let typed: Vec<(String, DataType)> = self
             .config
             .output
@@ -345,6 +377,7 @@ impl Job {
         //    the host's thread, as is all file work below.
         let input = self.open_input()?;
         let pass_types = self.passthrough_types(&input)?;
+        let columns = self.output_columns(Some(&input))?;
         let (schema2, limits) = (self.source_schema(), self.limits());
         let check = cfg.batch.on_error == OnError::Fail;
         let (input, rows_total) = off_thread(move || {
@@ -398,14 +431,14 @@ impl Job {
             done_shards: resume.done_shards.clone(),
             stream: None,
             format: cfg.output.format.0,
-            table: self.table_schema(&pass_types),
+            table: self.table_schema(&columns, &pass_types),
         };
         let (summary, stats) = self
             .pipeline(
                 &control,
-                todo,
                 move |source_cfg| Source::new(input, source_cfg),
                 sink_cfg,
+                columns,
                 &devices,
                 header.input.content_key().into(),
             )
@@ -452,6 +485,7 @@ impl Job {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let devices = self.devices()?;
+        let columns = self.output_columns(None)?;
         let todo = Todo {
             shard_batches: self.config.shard_batches(),
             ..Todo::default()
@@ -463,14 +497,14 @@ impl Job {
             done_shards: Default::default(),
             stream: Some(results),
             format: self.config.output.format.0,
-            table: self.table_schema(&[]),
+            table: self.table_schema(&columns, &[]),
         };
         let (summary, stats) = self
             .pipeline(
                 &control,
-                todo,
                 move |c| Source::from_rows("rows", rows, c),
                 sink_cfg,
+                columns,
                 &devices,
                 Arc::from(""),
             )
@@ -497,18 +531,20 @@ impl Job {
     }
 
     /// Starts the store and the actors (the Source from `make_source`),
-    /// waits for the outcome and joins every thread.
+    /// waits for the outcome and joins every thread. The Source skips what
+    /// the Sink skips (`sink_cfg.todo`).
     async fn pipeline(
         &self,
         control: &RunControl,
-        todo: Todo,
         make_source: impl FnOnce(SourceConfig) -> Source + Send + 'static,
         sink_cfg: SinkConfig,
+        columns: OutputColumns,
         devices: &[Device],
         input_key: Arc<str>,
     ) -> Result<(SinkSummary, StoreStats), RunError> {
         let cfg = &self.config;
-        let schema = self.source_schema();
+        let schema = columns.request.clone();
+        let todo = sink_cfg.todo.clone();
         let store = ObjectStore::with_options(
             cfg.memory.object_store.as_usize(),
             Some(control.progress.clone()),
@@ -550,7 +586,7 @@ impl Job {
                     control.progress.clone(),
                 );
                 let (shared, key) = (shared.clone(), input_key.clone());
-                let pass = cfg.output.passthrough.clone();
+                let cols = columns.clone();
                 let compute = cfg.batch.compute;
                 let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| {
                     match compute {
@@ -558,7 +594,7 @@ impl Job {
                         Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
                     }
                     .with_input_key(key)
-                    .with_passthrough(&pass)
+                    .with_columns(cols)
                 });
                 arbiters.push(arb);
                 addr
@@ -572,7 +608,7 @@ impl Job {
             skip_bad_rows: cfg.batch.on_error == OnError::Skip,
             input_name: cfg.input.path.display().to_string().into(),
             timeout: cfg.batch.timeout.map(|t| t.0),
-            passthrough: cfg.output.passthrough.clone(),
+            columns,
         };
         let backend = self.backend.clone();
         let cancel = control.cancel.clone();

@@ -10,6 +10,11 @@ by scripts/pyarrow-env.sh).
   formats.py dump OUT FORMAT    each result of stook's output directory OUT
                                 (parts in FORMAT), one per line, in order
   formats.py bad DIR            inputs with bad values, for validate
+  formats.py mixed DIR          mixed.parquet: nulls, non-ASCII, empty and
+                                200 KB texts, int, float, bool, list and
+                                timestamp columns
+  formats.py same IN OUT FMT    OUT's parts (in FMT) read back equal IN,
+                                column by column, types included
   formats.py passthrough OUT F  checks the score column copied into OUT
   formats.py embeddings A B C   compares embedding outputs in jsonl (A),
                                 parquet (B) and arrow (C): schema and every
@@ -86,10 +91,15 @@ def dump(out, fmt):
                 w.write(f.read())
             continue
         t = read_part(p, fmt)
-        assert t.schema.names == ["result"], t.schema
-        assert t.schema.field("result").type == pa.string(), t.schema
-        for s in t.column("result").to_pylist():
-            w.write(s + "\n")
+        if t.schema.names == ["result"]:
+            # A backend's JSON results (echo over JSON Lines).
+            assert t.schema.field("result").type == pa.string(), t.schema
+            for s in t.column("result").to_pylist():
+                w.write(s + "\n")
+        else:
+            # A table's rows, typed (echo over Parquet or Arrow).
+            for r in t.to_pylist():
+                w.write(line(r) + "\n")
 
 
 def bad(d):
@@ -107,6 +117,43 @@ def bad(d):
         f.write(whole[: len(whole) // 2])
     with open(os.path.join(d, "plain.jsonl.gz"), "wb") as f:
         f.write(b'{"text":"a"}\n')
+
+
+def mixed(d):
+    os.makedirs(d, exist_ok=True)
+    n = 3000
+    text = []
+    for i in range(n):
+        if i % 7 == 0:
+            text.append(None)
+        elif i % 11 == 0:
+            text.append("")
+        elif i % 500 == 1:
+            text.append("é✓中😀 " * 20_000)  # about 200 KB
+        else:
+            text.append("row %d é ✓ 中文 😀 \"q\" \\ \t end" % i)
+    t = pa.table({
+        "id": pa.array(range(n), pa.int64()),
+        "text": pa.array(text, pa.string()),
+        "n32": pa.array([None if i % 5 == 0 else i * 3 for i in range(n)], pa.int32()),
+        "score": pa.array([i / 3 for i in range(n)], pa.float64()),
+        "ok": pa.array([i % 3 == 0 for i in range(n)], pa.bool_()),
+        "tags": pa.array([["x"] * (i % 3) for i in range(n)], pa.list_(pa.string())),
+        "at": pa.array([i * 1_000_000 for i in range(n)], pa.timestamp("us")),
+    })
+    pq.write_table(t, os.path.join(d, "mixed.parquet"), row_group_size=700)
+    feather.write_feather(t, os.path.join(d, "mixed.arrow"), compression="uncompressed", chunksize=900)
+
+
+def same(inp, out, fmt):
+    want = pq.read_table(inp) if inp.endswith(".parquet") else read_part(inp, "arrow")
+    got = pa.concat_tables([read_part(p, fmt) for p in part_files(out, fmt)])
+    assert got.schema.names == want.schema.names, (got.schema, want.schema)
+    for name in want.schema.names:
+        a, b = want.column(name), got.column(name)
+        assert a.type == b.type, (name, a.type, b.type)
+        assert a.combine_chunks().equals(b.combine_chunks()), name
+    print(got.num_rows)
 
 
 def vectors(t):
@@ -155,5 +202,9 @@ if __name__ == "__main__":
         passthrough(sys.argv[2], sys.argv[3])
     elif cmd == "embeddings":
         embeddings(*sys.argv[2:5])
+    elif cmd == "mixed":
+        mixed(sys.argv[2])
+    elif cmd == "same":
+        same(*sys.argv[2:5])
     else:
         sys.exit("unknown command " + cmd)

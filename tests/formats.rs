@@ -282,3 +282,60 @@ fn embeddings_are_fixed_size_lists_of_f32_equal_to_the_json_output() {
         "{err}"
     );
 }
+
+#[test]
+fn a_table_through_echo_to_parquet_and_arrow_is_the_same_table_typed() {
+    let dir = tempdir();
+    let d = dir.path();
+    script(&["mixed", d.to_str().unwrap()]);
+    for input in ["mixed.parquet", "mixed.arrow"] {
+        for format in ["parquet", "arrow"] {
+            let out = d.join(format!("out-{input}-{format}"));
+            let cfg = job(
+                d,
+                "mixed",
+                &format!(
+                    "[input]\npath = {:?}\n[output]\npath = {out:?}\nformat = {format:?}\n\
+                     [model]\nbackend = \"echo\"\n[batch]\nsize = 256\n\
+                     [checkpoint]\nshard_rows = 1000\n",
+                    d.join(input)
+                ),
+            );
+            let o = stook(&["run", cfg.to_str().unwrap()]);
+            assert!(
+                o.status.success(),
+                "{input} → {format}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let rows = script(&[
+                "same",
+                d.join(input).to_str().unwrap(),
+                out.to_str().unwrap(),
+                format,
+            ]);
+            assert_eq!(
+                String::from_utf8_lossy(&rows).trim(),
+                "3000",
+                "{input} → {format}"
+            );
+        }
+    }
+    // The same rows as JSON Lines: what pyarrow's JSON of each row says.
+    let out = d.join("out-jsonl");
+    let cfg = job(
+        d,
+        "mixed-jsonl",
+        &format!(
+            "[input]\npath = {:?}\n[output]\npath = {out:?}\n[model]\nbackend = \"echo\"\n",
+            d.join("mixed.parquet")
+        ),
+    );
+    let o = stook(&["run", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(script(&["dump", out.to_str().unwrap(), "jsonl"])).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(first["id"], 1);
+    assert_eq!(first["n32"], 3);
+    assert_eq!(first["tags"], serde_json::json!(["x"]));
+    assert_eq!(text.lines().count(), 3000);
+}

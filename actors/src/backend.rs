@@ -110,7 +110,7 @@ impl BackendActor {
     ) -> Self {
         BackendActor {
             schema: backend.schema(),
-            columns: OutputColumns::new(backend.as_ref(), &[]),
+            columns: OutputColumns::new(backend.as_ref(), &[], None),
             backend,
             device,
             slot,
@@ -119,13 +119,13 @@ impl BackendActor {
         }
     }
 
-    /// Copies the input's `names` (columns or keys) into every result,
-    /// ahead of the backend's own columns; an absent or null value is left
-    /// out. The Source must encode the same extended schema
-    /// ([`RequestSchema::with_passthrough`]).
-    pub fn with_passthrough(mut self, names: &[String]) -> Self {
-        self.columns = OutputColumns::new(self.backend.as_ref(), names);
-        self.schema = self.columns.request.clone();
+    /// Writes results of `columns` (the run's: passthrough columns copied
+    /// from the input ahead of the backend's own; an absent or null value
+    /// is left out). The Source must encode the same extended request
+    /// schema ([`OutputColumns::request`]).
+    pub fn with_columns(mut self, columns: OutputColumns) -> Self {
+        self.schema = columns.request.clone();
+        self.columns = columns;
         self
     }
 
@@ -372,7 +372,7 @@ mod tests {
         let store = ObjectStore::new(1 << 20).unwrap();
         let (obj, _) = batch(&store, &["a", "b", "c", "d"]);
         let backend: Arc<dyn Backend> = Arc::new(PickyBackend);
-        let cols = OutputColumns::new(backend.as_ref(), &["text".to_string()]);
+        let cols = OutputColumns::new(backend.as_ref(), &["text".to_string()], None);
         let b = RequestBatch::decode(&obj, &cols.request).unwrap();
         // Rows 1 and 2 failed alone: their values are not passed through.
         let rows = UInt64Array::from(vec![0, 3]);

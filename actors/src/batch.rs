@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{StringBuilder, UInt64Builder};
-use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt64Array};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, StructArray, UInt64Array};
 use arrow_buffer::Buffer;
 use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -50,6 +50,37 @@ pub fn ipc_bound(rows: usize, u64_cols: usize, str_cols: usize, str_bytes: usize
     // validity bitmaps and padding of every buffer to 64 bytes
     let padding = cols * 3 * 64 + cols * rows.div_ceil(8);
     headers + padding + rows * (8 * u64_cols + 4 * str_cols) + 4 * str_cols + str_bytes
+}
+
+/// An upper bound of the IPC bytes of `array` (a table's rows as a
+/// struct of typed columns, say), beyond what [`ipc_bound`] counts for one
+/// column: its buffers' bytes for its rows, and for each array inside it
+/// headers, padding, offsets and validity.
+pub fn typed_room(array: &dyn Array) -> usize {
+    fn arrays(dt: &DataType, names: &mut usize) -> usize {
+        1 + match dt {
+            DataType::Struct(fs) => fs
+                .iter()
+                .map(|f| {
+                    *names += f.name().len();
+                    arrays(f.data_type(), names)
+                })
+                .sum(),
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::Map(f, _) => arrays(f.data_type(), names),
+            _ => 0,
+        }
+    }
+    let rows = array.len();
+    let mut names = 0;
+    let n = arrays(array.data_type(), &mut names);
+    let data = array.to_data();
+    let bytes = data
+        .get_slice_memory_size()
+        .unwrap_or_else(|_| array.get_buffer_memory_size());
+    bytes + 2 * names + n * (256 + 3 * 64 + 8 * (rows + 1) + rows.div_ceil(8))
 }
 
 /// The bound for an input batch of `rows` rows spanning `line_bytes` bytes.
@@ -109,8 +140,9 @@ pub fn encode_input(
 }
 
 /// Encodes rows already in columns (a table's: one string column per
-/// schema field, the row text when the schema keeps it) into
-/// `reservation` as an input object. The columns are written as they are.
+/// schema field, and when the schema keeps whole rows the row's columns as
+/// one struct) into `reservation` as an input object. The columns are
+/// written as they are.
 pub fn encode_columns(
     schema: &RequestSchema,
     rows: ArrayRef,
@@ -121,10 +153,16 @@ pub fn encode_columns(
 ) -> Result<ObjectRef, ArrowError> {
     let mut cols = vec![rows, lines];
     cols.extend(fields);
+    let mut columns = input_schema(schema).fields().to_vec();
     if schema.keep_raw {
-        cols.push(raw.ok_or_else(|| ArrowError::SchemaError("the row text is missing".into()))?);
+        let raw = raw.ok_or_else(|| ArrowError::SchemaError("the row is missing".into()))?;
+        // A table's row: its columns, typed, as one struct.
+        if let Some(last) = columns.last_mut() {
+            *last = Arc::new(Field::new(RAW, raw.data_type().clone(), false));
+        }
+        cols.push(raw);
     }
-    let batch = RecordBatch::try_new(input_schema(schema), cols)?;
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(columns)), cols)?;
     write_object(&batch, reservation, Holder::Source)
 }
 
@@ -161,7 +199,7 @@ pub struct RequestBatch {
     rows: UInt64Array,
     lines: UInt64Array,
     fields: Vec<StringArray>,
-    raw: Option<StringArray>,
+    raw: Option<ArrayRef>,
     input_key: Arc<str>,
 }
 
@@ -179,7 +217,12 @@ impl RequestBatch {
             lines: u64_col(&batch, LINE)?,
             fields,
             raw: if schema.keep_raw {
-                Some(str_col(&batch, RAW)?)
+                Some(
+                    batch
+                        .column_by_name(RAW)
+                        .cloned()
+                        .ok_or_else(|| ArrowError::SchemaError(format!("column {RAW} missing")))?,
+                )
             } else {
                 None
             },
@@ -207,7 +250,7 @@ impl RequestBatch {
             rows: self.rows.slice(start, len),
             lines: self.lines.slice(start, len),
             fields: self.fields.iter().map(s).collect(),
-            raw: self.raw.as_ref().map(s),
+            raw: self.raw.as_ref().map(|a| a.slice(start, len)),
             input_key: self.input_key.clone(),
         }
     }
@@ -249,15 +292,27 @@ impl RequestBatch {
         &self.rows
     }
 
-    /// The row's JSON text, when the schema keeps it.
+    /// The row's JSON text, when the schema keeps whole rows and they came
+    /// from JSON Lines.
     pub fn raw(&self, i: usize) -> Option<&str> {
-        self.raw.as_ref().map(|c| c.value(i))
+        let raw = self.raw.as_ref()?.as_any().downcast_ref::<StringArray>()?;
+        Some(raw.value(i))
     }
 
-    /// The total bytes of the row's JSON text, or of its field values.
+    /// The rows' columns, typed, when the schema keeps whole rows and they
+    /// came from a table (Parquet, Arrow).
+    pub fn raw_columns(&self) -> Option<&StructArray> {
+        self.raw.as_ref()?.as_any().downcast_ref::<StructArray>()
+    }
+
+    /// The total bytes of the row's JSON text (or columns), or of its
+    /// field values.
     pub fn data_bytes(&self) -> usize {
         let f: usize = self.fields.iter().map(|c| c.value_data().len()).sum();
-        f + self.raw.as_ref().map_or(0, |c| c.value_data().len())
+        f + self
+            .raw
+            .as_ref()
+            .map_or(0, |c| c.to_data().get_slice_memory_size().unwrap_or(0))
     }
 }
 

@@ -7,7 +7,10 @@
 //!     Utf8                  → a JSON string (escaped as serde_json does)
 //!     Utf8, JSON text       → written as it is (an id of any type, a passthrough value)
 //!     Utf8, JSON object     → its members, spliced in (a backend without a schema)
-//!     (FixedSize)List       → [ … ]
+//!     (FixedSize)List of f32 → [ … ]
+//!     any other type        → as arrow-json writes it (f64, dates, structs,
+//!                             lists of strings: a table's row as pyarrow
+//!                             and arrow-json write it)
 //!     null                  → the key is left out (a list item: null)
 //! ```
 //!
@@ -28,6 +31,7 @@ use arrow_array::types::{
     UInt64Type, UInt8Type,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow_json::writer::{make_encoder, EncoderOptions, NullableEncoder};
 use arrow_schema::{ArrowError, DataType, Field, Schema};
 
 /// Field metadata key: how the column's values are written (one of
@@ -90,9 +94,25 @@ impl Style {
 }
 
 enum Kind {
+    /// Written here.
     Value,
+    /// Written by arrow-json's encoder (as arrow-json writes a table's row).
+    Arrow,
     Text,
     Object,
+}
+
+/// Whether values of `dt` are written here in compact style; any other type
+/// (f64, dates, structs, lists of strings, …) goes through arrow-json's
+/// encoder, so a table's row reads as arrow-json writes it.
+fn written_here(dt: &DataType) -> bool {
+    match dt {
+        DataType::FixedSizeList(f, _) | DataType::List(f) | DataType::LargeList(f) => {
+            f.data_type() == &DataType::Float32
+        }
+        DataType::Boolean | DataType::Float32 | DataType::Utf8 => true,
+        dt => dt.is_integer(),
+    }
 }
 
 /// Writes the rows of record batches as JSON Lines.
@@ -100,6 +120,8 @@ pub struct LineEncoder {
     /// (index, `"key":` in the column's style, style, kind) of each column
     /// written.
     columns: Vec<(usize, String, Style, Kind)>,
+    /// How arrow-json writes the columns given to it: nulls left out.
+    options: EncoderOptions,
 }
 
 impl LineEncoder {
@@ -119,21 +141,75 @@ impl LineEncoder {
                 let kind = match meta(f, ENCODING) {
                     Some(JSON_TEXT) => Kind::Text,
                     Some(JSON_OBJECT) => Kind::Object,
+                    _ if style == Style::Compact && !written_here(f.data_type()) => Kind::Arrow,
                     _ => Kind::Value,
                 };
                 (i, key, style, kind)
             })
             .collect();
-        LineEncoder { columns }
+        LineEncoder {
+            columns,
+            options: EncoderOptions::default(),
+        }
+    }
+
+    /// arrow-json's encoders of the columns it writes, for `batch`.
+    fn arrow_encoders<'a>(&'a self, batch: &'a RecordBatch) -> Vec<Option<NullableEncoder<'a>>> {
+        let options = &self.options;
+        self.columns
+            .iter()
+            .map(|(c, _, _, kind)| match kind {
+                Kind::Arrow => {
+                    let field = &batch.schema_ref().fields()[*c];
+                    make_encoder(field, batch.column(*c).as_ref(), options).ok()
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// Appends row `i` of `batch` (of the encoder's schema) and a newline.
     pub fn write_row(&self, batch: &RecordBatch, i: usize, out: &mut String) {
+        let mut encoders = self.arrow_encoders(batch);
+        self.row(batch, i, &mut encoders, &mut Vec::new(), out);
+    }
+
+    /// Every row of `batch`, each line ended by a newline.
+    pub fn write_batch(&self, batch: &RecordBatch, out: &mut String) {
+        let mut encoders = self.arrow_encoders(batch);
+        let mut buf = Vec::new();
+        for i in 0..batch.num_rows() {
+            self.row(batch, i, &mut encoders, &mut buf, out);
+        }
+    }
+
+    /// Every row of `batch` as its own line, without the newline.
+    pub fn lines(&self, batch: &RecordBatch) -> Vec<String> {
+        let mut encoders = self.arrow_encoders(batch);
+        let mut buf = Vec::new();
+        (0..batch.num_rows())
+            .map(|i| {
+                let mut line = String::new();
+                self.row(batch, i, &mut encoders, &mut buf, &mut line);
+                line.pop();
+                line
+            })
+            .collect()
+    }
+
+    fn row(
+        &self,
+        batch: &RecordBatch,
+        i: usize,
+        encoders: &mut [Option<NullableEncoder<'_>>],
+        buf: &mut Vec<u8>,
+        out: &mut String,
+    ) {
         let start = out.len();
         let mut last: Option<Style> = None;
         let mut object_tail = None;
         out.push('{');
-        for (c, key, style, kind) in &self.columns {
+        for ((c, key, style, kind), enc) in self.columns.iter().zip(encoders.iter_mut()) {
             let col = batch.column(*c);
             if col.is_null(i) {
                 continue;
@@ -151,8 +227,14 @@ impl LineEncoder {
             }
             last = Some(*style);
             out.push_str(key);
-            match kind {
-                Kind::Text => out.push_str(col.as_string::<i32>().value(i)),
+            match (kind, enc) {
+                (Kind::Text, _) => out.push_str(col.as_string::<i32>().value(i)),
+                (Kind::Arrow, Some(enc)) => {
+                    buf.clear();
+                    enc.encode(i, buf);
+                    // arrow-json writes UTF-8.
+                    out.push_str(std::str::from_utf8(buf).unwrap_or("null"));
+                }
                 _ => push_value(out, col.as_ref(), i, *style),
             }
         }
@@ -176,13 +258,6 @@ impl LineEncoder {
             None => out.push('}'),
         }
         out.push('\n');
-    }
-
-    /// Every row of `batch`, each line ended by a newline.
-    pub fn write_batch(&self, batch: &RecordBatch, out: &mut String) {
-        for i in 0..batch.num_rows() {
-            self.write_row(batch, i, out);
-        }
     }
 }
 

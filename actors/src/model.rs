@@ -39,6 +39,18 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The typed columns of its results when the input is a table whose
+    /// rows (as a backend that keeps whole rows gets them) have the columns
+    /// `rows`; `None` for JSON Lines input or rows from memory. By default
+    /// [`Backend::output_schema`], whatever the input.
+    fn output_schema_for(
+        &self,
+        rows: Option<&arrow_schema::SchemaRef>,
+    ) -> Option<arrow_schema::SchemaRef> {
+        let _ = rows;
+        self.output_schema()
+    }
+
     /// What identifies the model's files (a hash), for resume checks;
     /// empty for a model with none.
     fn fingerprint(&self) -> String {

@@ -57,9 +57,14 @@ pub struct OutputColumns {
 
 impl OutputColumns {
     /// The output columns of `backend` with `passthrough` copied from the
-    /// input.
-    pub fn new(backend: &dyn Backend, passthrough: &[String]) -> Self {
-        let declared = backend.output_schema();
+    /// input; `table_rows`: the columns of a table input's rows
+    /// ([`Backend::output_schema_for`]).
+    pub fn new(
+        backend: &dyn Backend,
+        passthrough: &[String],
+        table_rows: Option<&SchemaRef>,
+    ) -> Self {
+        let declared = backend.output_schema_for(table_rows);
         let typed = declared.is_some();
         let results = result_columns(declared);
         let (request, idx) = backend.schema().with_passthrough(passthrough);
@@ -79,6 +84,15 @@ impl OutputColumns {
             request,
             passthrough: idx,
         }
+    }
+
+    /// The first name both passed through and written by the backend
+    /// (refused: a result cannot have two columns of one name).
+    pub fn clash(&self) -> Option<&str> {
+        let pass = &self.schema.fields()[1..1 + self.passthrough.len()];
+        pass.iter()
+            .map(|f| f.name().as_str())
+            .find(|n| self.results.field_with_name(n).is_ok())
     }
 
     /// The passthrough columns for results of `rows` (a subsequence of the

@@ -55,9 +55,10 @@ pub struct SchedulerConfig {
     /// A batch in flight longer than this is sent again to an idle actor,
     /// and a stop waits no longer than this for batches in flight.
     pub timeout: Option<Duration>,
-    /// The input columns or keys `[output] passthrough` copies into every
-    /// result (their room is reserved with the output's).
-    pub passthrough: Vec<String>,
+    /// The output objects' columns (the backend's and those `[output]
+    /// passthrough` copies from the input): their room is reserved from
+    /// them.
+    pub columns: OutputColumns,
 }
 
 #[derive(Clone)]
@@ -119,7 +120,7 @@ impl Scheduler {
         done: oneshot::Sender<Result<SinkSummary, PipelineError>>,
     ) -> Self {
         let n = actors.workers.len();
-        let columns = OutputColumns::new(backend.as_ref(), &cfg.passthrough);
+        let columns = cfg.columns.clone();
         Scheduler {
             idle_since: vec![None; n],
             progress,
@@ -395,7 +396,9 @@ impl Scheduler {
                 work.errors.sort_by_key(|e| e.row);
                 self.deliver(work.plan, Some(output), work.errors, counters, ctx);
             }
-            Err((error, Some(reservation))) if work.attempts <= self.cfg.max_retries + 1 => {
+            Err((error, Some(reservation)))
+                if work.attempts <= self.cfg.max_retries + 1 =>
+            {
                 tracing::warn!(batch = done.index, attempt = work.attempts, error = %error, "batch failed, retrying");
                 work.input.set_holder(Holder::Source);
                 self.ready.push_front((work, reservation));

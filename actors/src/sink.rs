@@ -204,14 +204,11 @@ impl Sink {
         if let Some(obj) = &d.output {
             obj.set_holder(Holder::Sink);
             let out = OutputBatch::decode(obj)?;
-            let encoder = LineEncoder::new(out.batch().schema_ref(), false);
-            batch.results = (0..out.len())
-                .map(|i| {
-                    let mut json = String::new();
-                    encoder.write_row(out.batch(), i, &mut json);
-                    json.pop(); // the newline
-                    (out.row(i), json)
-                })
+            let lines = LineEncoder::new(out.batch().schema_ref(), false).lines(out.batch());
+            batch.results = lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, json)| (out.row(i), json))
                 .collect();
         }
         let (rows, n_err) = (batch.results.len() as u64, d.errors.len() as u64);
@@ -378,5 +375,185 @@ impl Handler<Finish> for Sink {
             self.discard_open_shard();
         }
         Ok(self.summary.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Worker;
+    use crate::messages::BatchPlan;
+    use crate::results::{encode_output, output_bound, result_columns, ResultWriter};
+    use crate::store::{ObjectRef, ObjectStore};
+    use arrow_schema::{DataType, Field, Schema};
+
+    const ROWS: u64 = 3;
+
+    fn plan(index: u64) -> BatchPlan {
+        let first = index * ROWS;
+        BatchPlan {
+            index,
+            first_row: first,
+            rows: ROWS as usize,
+            bytes: 0,
+            quotes: 0,
+            lines: (first + 1, first + ROWS),
+            blank_lines: 0,
+            range: (0, 0),
+        }
+    }
+
+    /// Batch `index`'s results: `{"r":N}` for each of its rows.
+    fn output(store: &ObjectStore, index: u64) -> ObjectRef {
+        let mut w = ResultWriter::new();
+        for r in index * ROWS..(index + 1) * ROWS {
+            w.push(r, &format!("{{\"r\":{r}}}"));
+        }
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("_row", DataType::UInt64, false),
+            result_columns(None).field(0).clone(),
+        ]));
+        let bound = output_bound(&schema, ROWS as usize, 64);
+        let (rows, cols) = w.finish().unwrap();
+        encode_output(
+            &schema,
+            rows,
+            cols,
+            store.try_reserve(bound).unwrap().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn sink_config(dir: &Path, preserve_order: bool) -> SinkConfig {
+        std::fs::write(dir.join("_manifest.jsonl"), "").unwrap();
+        SinkConfig {
+            dir: dir.to_path_buf(),
+            preserve_order,
+            todo: Todo {
+                done: Default::default(),
+                worker: Worker::ALONE,
+                shard_batches: 2,
+            },
+            done_shards: Default::default(),
+            stream: None,
+            format: OutputFormat::Jsonl,
+            table: result_columns(None),
+        }
+    }
+
+    fn lines(dir: &Path, part: &str) -> Vec<String> {
+        std::fs::read_to_string(dir.join(part))
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn parts(dir: &Path) -> Vec<String> {
+        let mut p: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("part-"))
+            .collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn batches_finished_out_of_order_are_written_in_input_order_a_shard_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (cfg, store2, d2) = (sink_config(&d, true), store.clone(), d.clone());
+        let (summary, committed) = actix::System::new().block_on(async move {
+            let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
+            let mut committed = Vec::new();
+            for i in [2, 0, 4, 3, 1] {
+                let d = Deliver {
+                    plan: plan(i),
+                    output: Some(output(&store2, i)),
+                    errors: Vec::new(),
+                    counters: [("n".to_string(), 1)].into(),
+                };
+                sink.send(d).await.unwrap().unwrap();
+                committed.push(parts(&d2).len());
+            }
+            let s = sink.send(Finish { complete: true }).await.unwrap().unwrap();
+            (s, committed)
+        });
+        // Nothing is written until batch 0 and 1 are both there; then
+        // shards 0 (batches 0-1) and 1 (2-3) at once; 4 at the finish.
+        assert_eq!(committed, vec![0, 0, 0, 0, 2]);
+        assert_eq!(
+            summary.parts,
+            vec!["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+        );
+        assert_eq!(summary.rows_written, 15);
+        assert_eq!(summary.counters.get("n"), Some(&5));
+        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(&d, p)).collect();
+        let want: Vec<String> = (0..15).map(|r| format!("{{\"r\":{r}}}")).collect();
+        assert_eq!(all, want);
+        assert_eq!(lines(&d, "_manifest.jsonl").len(), 3);
+        // Every object was released.
+        assert_eq!(store.stats().objects, 0);
+    }
+
+    #[test]
+    fn with_order_off_batches_are_written_as_they_come_each_row_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (cfg, store2) = (sink_config(&d, false), store.clone());
+        let summary = actix::System::new().block_on(async move {
+            let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
+            for i in [2, 0, 1] {
+                let d = Deliver {
+                    plan: plan(i),
+                    output: Some(output(&store2, i)),
+                    errors: Vec::new(),
+                    counters: Default::default(),
+                };
+                sink.send(d).await.unwrap().unwrap();
+            }
+            sink.send(Finish { complete: true }).await.unwrap().unwrap()
+        });
+        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(&d, p)).collect();
+        let rows =
+            |i: u64| (i * ROWS..(i + 1) * ROWS).map(|r| format!("{{\"_row\":{r},\"r\":{r}}}"));
+        let want: Vec<String> = rows(2).chain(rows(0)).chain(rows(1)).collect();
+        assert_eq!(all, want);
+        assert_eq!(store.stats().objects, 0);
+    }
+
+    #[test]
+    fn an_unfinished_run_commits_nothing_more_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (cfg, store2) = (sink_config(&d, true), store.clone());
+        let summary = actix::System::new().block_on(async move {
+            let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
+            for i in [0, 1, 2] {
+                let d = Deliver {
+                    plan: plan(i),
+                    output: Some(output(&store2, i)),
+                    errors: Vec::new(),
+                    counters: Default::default(),
+                };
+                sink.send(d).await.unwrap().unwrap();
+            }
+            sink.send(Finish { complete: false })
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        // Shard 0 was complete; shard 1 (batch 2 of 2-3) is dropped.
+        assert_eq!(summary.parts, vec!["part-00000.jsonl"]);
+        let names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+        assert_eq!(store.stats().objects, 0);
     }
 }

@@ -1,7 +1,10 @@
-//! `echo`: each result is the request row itself, byte for byte.
+//! `echo`: each result is the request row itself: a JSON Lines row byte for
+//! byte, a table's row as its typed columns (a Parquet or Arrow table
+//! through `echo` to Parquet or Arrow output is the same table).
 
 use std::sync::Arc;
 
+use arrow_schema::SchemaRef;
 use serde::Deserialize;
 use stook_actors::{Backend, Device, Model, ModelError, RequestBatch, RequestSchema, ResultWriter};
 
@@ -33,6 +36,10 @@ impl Backend for Echo {
         input_bytes
     }
 
+    fn output_schema_for(&self, rows: Option<&SchemaRef>) -> Option<SchemaRef> {
+        rows.cloned()
+    }
+
     fn load(&self, _device: &Device) -> Result<Arc<dyn Model>, ModelError> {
         Ok(Arc::new(Echo))
     }
@@ -40,6 +47,9 @@ impl Backend for Echo {
 
 impl Model for Echo {
     fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+        if let Some(row) = batch.raw_columns() {
+            return out.append(batch.rows(), row.columns().to_vec());
+        }
         for i in 0..batch.len() {
             let raw = batch
                 .raw(i)

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::StringBuilder;
+use arrow_array::cast::AsArray;
 use arrow_array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, StructArray, UInt64Array,
 };
@@ -162,6 +163,20 @@ impl TableFile {
     /// Rows in all files.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// The columns of a row as a backend that keeps whole rows gets them
+    /// (`input.columns` of them, in the first file's order).
+    pub fn row_schema(&self) -> Option<SchemaRef> {
+        let part = self.parts.first()?;
+        let fields: Vec<FieldRef> = part
+            .schema
+            .fields()
+            .iter()
+            .filter(|f| self.columns.as_ref().is_none_or(|c| c.contains(f.name())))
+            .cloned()
+            .collect();
+        Some(Arc::new(Schema::new(fields)))
     }
 
     /// The type of column `name` (in the first file).
@@ -670,7 +685,7 @@ fn convert(
     let mut row = first_row;
     for p in pieces {
         let part = &file.parts[p.part];
-        let c = convert_piece(part, schema, &p.batch, limits)?;
+        let c = convert_piece(part, schema, &p.batch, limits, file.columns.as_deref())?;
         let mut keep = Vec::with_capacity(c.problems.len());
         for (i, problem) in c.problems.into_iter().enumerate() {
             let in_part = p.row_in_part + i as u64;
@@ -735,7 +750,10 @@ fn convert(
         })
     };
     let field_bytes: usize = fields.iter().map(str_bytes).sum();
-    let raw_bytes = raw.as_ref().map_or(0, str_bytes);
+    let raw_bytes = raw.as_ref().map_or(0, |a| match a.data_type() {
+        DataType::Utf8 => str_bytes(a),
+        _ => crate::batch::typed_room(a.as_ref()),
+    });
     let quotes = schema
         .fields
         .iter()
@@ -770,6 +788,7 @@ fn convert_piece(
     schema: &RequestSchema,
     batch: &RecordBatch,
     limits: &RowLimits,
+    columns: Option<&[String]>,
 ) -> Result<Converted, PipelineError> {
     let n = batch.num_rows();
     let mut problems: Vec<Option<(String, String)>> = vec![None; n];
@@ -790,13 +809,12 @@ fn convert_piece(
         fields.push(out);
     }
     let raw = if schema.keep_raw {
-        let st = StructArray::from(batch.clone());
-        let field: FieldRef = Arc::new(Field::new("row", st.data_type().clone(), false));
-        let text = json_text(&field, &st)?;
-        for (i, size) in sizes.iter_mut().enumerate() {
-            *size = (*size).max(text.value(i).len());
+        // The row's columns as they are, typed (`input.columns` of them).
+        let row = row_columns(batch, columns);
+        for (size, r) in sizes.iter_mut().zip(row_sizes(&row)?) {
+            *size = (*size).max(r);
         }
-        Some(Arc::new(text) as ArrayRef)
+        Some(Arc::new(StructArray::from(row)) as ArrayRef)
     } else {
         None
     };
@@ -887,6 +905,61 @@ fn field_column(
         }
     };
     Ok(out)
+}
+
+/// `batch` with only the columns named in `columns` (all without), in
+/// the file's order.
+fn row_columns(batch: &RecordBatch, columns: Option<&[String]>) -> RecordBatch {
+    let Some(names) = columns else {
+        return batch.clone();
+    };
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| names.contains(batch.schema_ref().field(i).name()))
+        .collect();
+    batch.project(&keep).unwrap_or_else(|_| batch.clone())
+}
+
+/// Each row's bytes in `batch`: a string's or a binary value's bytes, a
+/// fixed-width value's width, any other value's JSON text (nulls: none).
+fn row_sizes(batch: &RecordBatch) -> Result<Vec<usize>, PipelineError> {
+    let n = batch.num_rows();
+    let mut sizes = vec![0usize; n];
+    let mut add = |i: usize, k: usize| sizes[i] += k;
+    for (f, col) in batch.schema_ref().fields().iter().zip(batch.columns()) {
+        let valid = |i: usize| col.is_valid(i);
+        match col.data_type() {
+            DataType::Utf8 => {
+                let o = col.as_string::<i32>().value_offsets();
+                (0..n)
+                    .filter(|&i| valid(i))
+                    .for_each(|i| add(i, (o[i + 1] - o[i]) as usize));
+            }
+            DataType::LargeUtf8 => {
+                let o = col.as_string::<i64>().value_offsets();
+                (0..n)
+                    .filter(|&i| valid(i))
+                    .for_each(|i| add(i, (o[i + 1] - o[i]) as usize));
+            }
+            DataType::Binary => {
+                let o = col.as_binary::<i32>().value_offsets();
+                (0..n)
+                    .filter(|&i| valid(i))
+                    .for_each(|i| add(i, (o[i + 1] - o[i]) as usize));
+            }
+            DataType::Boolean => (0..n).filter(|&i| valid(i)).for_each(|i| add(i, 1)),
+            dt if dt.primitive_width().is_some() => {
+                let w = dt.primitive_width().unwrap_or(8);
+                (0..n).filter(|&i| valid(i)).for_each(|i| add(i, w));
+            }
+            _ => {
+                let text = json_text(f, col.as_ref())?;
+                (0..n)
+                    .filter(|&i| text.is_valid(i))
+                    .for_each(|i| add(i, text.value(i).len()));
+            }
+        }
+    }
+    Ok(sizes)
 }
 
 /// Each value of `array` as JSON text (nulls stay null; an object's null
