@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use stook_actors::input::InputFormat;
 use stook_actors::parts::OutputFormat;
 
+/// The largest config file read.
+const MAX_CONFIG: u64 = 1 << 20;
+
 /// A whole job. `Default`: every setting at its default, no input, output
 /// or backend named.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -399,12 +402,29 @@ const SECTIONS: [&str; 6] = ["input", "output", "model", "batch", "memory", "che
 impl JobConfig {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        let refuse = |message: String| ConfigErrors {
             path: path.to_path_buf(),
-            problems: vec![ConfigProblem::new(
-                "",
-                format!("cannot read the config: {e}"),
-            )],
+            problems: vec![ConfigProblem::new("", message)],
+        };
+        // Read with a bound: a config is small, and a device or a huge
+        // file named by mistake must not be read without end.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_CONFIG + 1), &mut bytes)
+            })
+            .map_err(|e| refuse(format!("cannot read the config: {e}")))?;
+        if bytes.len() as u64 > MAX_CONFIG {
+            return Err(refuse(format!(
+                "the config is larger than {} KiB: is this the right file?",
+                MAX_CONFIG >> 10
+            )));
+        }
+        let text = String::from_utf8(bytes).map_err(|e| {
+            refuse(format!(
+                "the config is not UTF-8 text (invalid byte at {})",
+                e.utf8_error().valid_up_to() + 1
+            ))
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::from_toml(&text, base).map_err(|problems| ConfigErrors {
@@ -520,6 +540,12 @@ impl JobConfig {
 }
 
 fn check_input(i: &InputConfig, problems: &mut Vec<ConfigProblem>) {
+    if i.columns.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(ConfigProblem::new(
+            "input.columns",
+            "expected at least one column name (leave it out to read every column)",
+        ));
+    }
     if i.max_line_bytes.0 == 0 {
         problems.push(ConfigProblem::new(
             "input.max_line_bytes",
@@ -580,6 +606,9 @@ fn check_checkpoint(c: &CheckpointConfig, problems: &mut Vec<ConfigProblem>) {
     }
 }
 
+/// The most retries of a batch a config may ask for.
+const MAX_RETRIES: u32 = 1000;
+
 fn check_batch(b: &BatchConfig, problems: &mut Vec<ConfigProblem>) {
     if b.size == 0 {
         problems.push(ConfigProblem::new(
@@ -606,6 +635,12 @@ fn check_batch(b: &BatchConfig, problems: &mut Vec<ConfigProblem>) {
                 "\"cpu\" with num_gpus_per_actor = {}: set one or the other",
                 b.num_gpus_per_actor
             ),
+        ));
+    }
+    if b.max_retries > MAX_RETRIES {
+        problems.push(ConfigProblem::new(
+            "batch.max_retries",
+            format!("expected at most {MAX_RETRIES}, found {}", b.max_retries),
         ));
     }
     if b.reorder_window == Some(0) {

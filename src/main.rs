@@ -104,6 +104,13 @@ fn main() -> ExitCode {
     // First thing, so that no Ctrl-C finds the default action (death
     // without cleanup) once a job may have started writing.
     install_ctrl_c();
+    // A reader that goes away (`stook backends | head -c1`) ends stook
+    // as it ends other command-line tools, quietly, instead of making
+    // every print a panic. What is committed stays committed.
+    // SAFETY: setting a signal's disposition before any thread writes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -457,3 +457,66 @@ fn sigint_stops_cleanly_with_exit_130_and_only_complete_shards() {
         assert!(line.starts_with(&format!("{{\"id\":{i},")), "{line}");
     }
 }
+
+#[test]
+fn absurd_values_max_retries_and_empty_columns_are_refused_by_key() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    let p = c.path("absurd.toml");
+    std::fs::write(
+        &p,
+        "[input]\npath = \"in.jsonl\"\ncolumns = []\n[output]\npath = \"out\"\n[model]\n\
+         backend = \"synthetic\"\n[batch]\nmax_retries = 4294967295\n",
+    )
+    .unwrap();
+    let o = c.stook(&["validate", p.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("batch.max_retries: expected at most 1000, found 4294967295"),
+        "{err}"
+    );
+    assert!(
+        err.contains("input.columns: expected at least one column name"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unbounded_reads_a_config_that_never_ends_is_refused_not_read_whole() {
+    let c = Case::new();
+    let o = c.stook(&["validate", "/dev/zero"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the config is larger than 1024 KiB: is this the right file?"),
+        "{err}"
+    );
+    let bin = c.path("binary.toml");
+    std::fs::write(&bin, b"[input]\npath = \"\xff\"\n").unwrap();
+    let err = stderr(&c.stook(&["validate", bin.to_str().unwrap()]));
+    assert!(err.contains("not UTF-8 text (invalid byte at 17)"), "{err}");
+}
+
+#[test]
+fn panics_a_reader_that_goes_away_ends_stook_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [&["backends"][..], &["--help"][..]] {
+        let mut child = Command::new(stook_bin())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before stook writes.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

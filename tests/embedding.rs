@@ -450,3 +450,31 @@ fn sigkill_during_embedding_then_resume_gives_the_same_bytes() {
     );
     assert!(out.join("_SUCCESS").exists());
 }
+
+#[test]
+fn absurd_values_max_seq_length_zero_is_refused_with_every_other_problem() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 3);
+    let mut c = embedding_config(&input, &dir.path().join("o"), 16, Compute::Actors, 1);
+    c.model.options = toml::from_str(&format!(
+        "path = {:?}\nmax_seq_length = 0\nmicro_batch = 0",
+        model_dir()
+    ))
+    .unwrap();
+    match stook::Job::new(c, &stook::BackendRegistry::with_builtins(), "t".as_ref()) {
+        Err(stook::RunError::Config(e)) => {
+            let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                ["model.options.micro_batch", "model.options.max_seq_length"],
+                "{e}"
+            );
+            assert!(
+                e.to_string().contains("expected at least 1 token, found 0"),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("expected a config error, got {e}"),
+        Ok(_) => panic!("max_seq_length = 0 was accepted"),
+    }
+}

@@ -296,7 +296,7 @@ impl Scheduler {
                 reservation,
                 // After its retries, a batch is bisected to find the rows
                 // that fail alone.
-                isolate: work.attempts > self.cfg.max_retries + 1,
+                isolate: work.attempts > self.cfg.max_retries.saturating_add(1),
             };
             self.in_flight[slot] = Some(work);
             let fut = self.actors.workers[slot].send(msg);
@@ -397,7 +397,7 @@ impl Scheduler {
                 self.deliver(work.plan, Some(output), work.errors, counters, ctx);
             }
             Err((error, Some(reservation)))
-                if work.attempts <= self.cfg.max_retries + 1 =>
+                if work.attempts <= self.cfg.max_retries.saturating_add(1) =>
             {
                 tracing::warn!(batch = done.index, attempt = work.attempts, error = %error, "batch failed, retrying");
                 work.input.set_holder(Holder::Source);

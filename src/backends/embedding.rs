@@ -305,26 +305,36 @@ pub struct Embedding {
 /// Builds `embedding` from its options; reads the folder, loads nothing.
 pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
     let opts: EmbeddingOptions = options.parse()?;
-    if opts.micro_batch == Some(0) {
-        return Err(vec![ConfigProblem::new(
-            "model.options.micro_batch",
-            "expected at least 1, found 0",
-        )]);
+    // Every problem at once, each with its key.
+    let mut problems = Vec::new();
+    for (key, value, unit) in [
+        ("micro_batch", opts.micro_batch, ""),
+        ("micro_batch_tokens", opts.micro_batch_tokens, ""),
+        ("max_seq_length", opts.max_seq_length, " token"),
+        ("threads", opts.threads, ""),
+    ] {
+        if value == Some(0) {
+            let hint = if key == "threads" {
+                " (leave it out to use every core)"
+            } else {
+                ""
+            };
+            problems.push(ConfigProblem::new(
+                format!("model.options.{key}"),
+                format!("expected at least 1{unit}, found 0{hint}"),
+            ));
+        }
     }
-    if opts.micro_batch_tokens == Some(0) {
-        return Err(vec![ConfigProblem::new(
-            "model.options.micro_batch_tokens",
-            "expected at least 1, found 0",
-        )]);
+    match ModelFolder::read(&opts.path, &opts) {
+        Ok(folder) if problems.is_empty() => {
+            Ok(Arc::new(Embedding::new(opts, folder, options.cpu_models())))
+        }
+        Ok(_) => Err(problems),
+        Err(p) => {
+            problems.push(p);
+            Err(problems)
+        }
     }
-    if opts.threads == Some(0) {
-        return Err(vec![ConfigProblem::new(
-            "model.options.threads",
-            "expected at least 1, found 0 (leave it out to use every core)",
-        )]);
-    }
-    let folder = ModelFolder::read(&opts.path, &opts).map_err(|p| vec![p])?;
-    Ok(Arc::new(Embedding::new(opts, folder, options.cpu_models())))
 }
 
 /// candle's device for `device`; an error names the GPU and, in a build
