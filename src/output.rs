@@ -33,14 +33,28 @@ use crate::runner::RunError;
 /// `_report-0000I-of-0000N.json` for worker I of N).
 pub const REPORT_STEM: &str = "_report";
 
-/// Whether `name` is one of the files stook writes in an output directory.
+/// Whether `name` is one of the files stook writes in an output directory,
+/// by its exact pattern (a file whose name only looks like one, such as
+/// Spark's `part-00000-….snappy.parquet` or a `_report_2025.pdf`, is not):
+/// parts and bad-row files of a shard, manifests, reports, `_errors.jsonl`,
+/// `_SUCCESS`, and any of those being written (`.NAME.tmp`) or a manifest's
+/// lock (`.NAME.lock`).
 pub fn is_ours(name: &str) -> bool {
-    name.starts_with("part-")
-        || name.starts_with("_errors-")
-        || name.starts_with(REPORT_STEM)
-        || is_manifest(name)
-        || (name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".lock")))
-        || [ERRORS, SUCCESS].contains(&name)
+    let own = |n: &str| {
+        shard_of(n).is_some()
+            || is_manifest(n)
+            || stook_actors::checkpoint::is_worker_file(n, REPORT_STEM, "json")
+            || [ERRORS, SUCCESS].contains(&n)
+    };
+    if let Some(inner) = name.strip_prefix('.') {
+        if let Some(n) = inner.strip_suffix(".tmp") {
+            return own(n);
+        }
+        if let Some(n) = inner.strip_suffix(".lock") {
+            return is_manifest(n);
+        }
+    }
+    own(name)
 }
 
 /// The manifest header for `config` over its input now, for `worker`.
@@ -656,7 +670,17 @@ mod tests {
         ] {
             assert!(is_ours(n), "{n}");
         }
-        for n in ["notes.txt", ".bashrc", "results.parquet"] {
+        for n in [
+            "notes.txt",
+            ".bashrc",
+            "results.parquet",
+            "part-00000-1b2c.snappy.parquet",
+            "part-notes.txt",
+            "_report_2025.pdf",
+            ".notes.tmp",
+            "._report_2025.pdf.tmp",
+            ".x.lock",
+        ] {
             assert!(!is_ours(n), "{n}");
         }
     }

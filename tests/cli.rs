@@ -520,3 +520,50 @@ fn panics_a_reader_that_goes_away_ends_stook_quietly() {
         );
     }
 }
+
+#[test]
+fn a_plain_run_deletes_no_user_file_that_only_looks_like_stooks() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    let out = c.path("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for name in [
+        "part-00000-1b2c3d.snappy.parquet",
+        "part-notes.txt",
+        "_report_2025.pdf",
+        ".notes.tmp",
+    ] {
+        let mut all: Vec<&str> = vec![name];
+        // Each alone, then all together: each is refused, none deleted.
+        if name == ".notes.tmp" {
+            all = vec![
+                "part-00000-1b2c3d.snappy.parquet",
+                "part-notes.txt",
+                "_report_2025.pdf",
+                name,
+            ];
+        }
+        for n in &all {
+            std::fs::write(out.join(n), b"the user's").unwrap();
+        }
+        let cfg = c.config("", "");
+        for args in [&["run"][..], &["run", "--fresh"][..]] {
+            let mut a = args.to_vec();
+            a.push(cfg.to_str().unwrap());
+            let o = c.stook(&a);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(1), "{a:?}: {err}");
+            assert!(err.contains("the output directory is not empty"), "{err}");
+            for n in &all {
+                assert_eq!(
+                    std::fs::read(out.join(n)).unwrap(),
+                    b"the user's",
+                    "{n} touched"
+                );
+            }
+        }
+        for n in &all {
+            std::fs::remove_file(out.join(n)).unwrap();
+        }
+    }
+}

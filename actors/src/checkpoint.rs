@@ -41,16 +41,44 @@ pub fn errors_name(i: u64) -> String {
     format!("_errors-{i:05}.jsonl")
 }
 
-/// The shard a part or bad-row file (or its temporary) belongs to.
+/// The shard of a file stook names after one: `part-NNNNN.jsonl`
+/// (`.parquet`, `.arrow`), `_errors-NNNNN.jsonl`, or one of those being
+/// written (`.part-NNNNN.jsonl.tmp`); `None` for any other name, however
+/// alike (`part-00000-….snappy.parquet`, `part-notes.txt`).
 pub fn shard_of(name: &str) -> Option<u64> {
-    let rest = name.strip_prefix('.').unwrap_or(name);
-    let rest = rest
-        .strip_prefix("part-")
-        .or_else(|| rest.strip_prefix("_errors-"))?;
-    let digits = rest.split('.').next()?;
+    let inner = name
+        .strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .unwrap_or(name);
+    let digits = match inner.strip_prefix("part-") {
+        Some(rest) => {
+            let (digits, ext) = rest.split_once('.')?;
+            ["jsonl", "parquet", "arrow"]
+                .contains(&ext)
+                .then_some(digits)?
+        }
+        None => inner.strip_prefix("_errors-")?.strip_suffix(".jsonl")?,
+    };
     (digits.len() >= 5 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+/// Whether `name` is `{stem}.{ext}` or a worker's `{stem}-NNNNN-of-NNNNN.{ext}`.
+pub fn is_worker_file(name: &str, stem: &str, ext: &str) -> bool {
+    let Some(rest) = name.strip_prefix(stem).and_then(|r| r.strip_suffix(ext)) else {
+        return false;
+    };
+    let Some(rest) = rest.strip_suffix('.') else {
+        return false;
+    };
+    if rest.is_empty() {
+        return true;
+    }
+    let digits = |d: &str| d.len() >= 5 && d.bytes().all(|b| b.is_ascii_digit());
+    rest.strip_prefix('-')
+        .and_then(|r| r.split_once("-of-"))
+        .is_some_and(|(i, n)| digits(i) && digits(n))
 }
 
 /// One worker's slice of a job: the shards whose index ≡ `index` mod
@@ -426,7 +454,7 @@ impl Manifest {
 
 /// Whether `name` is a manifest's.
 pub fn is_manifest(name: &str) -> bool {
-    name.starts_with(MANIFEST_STEM) && name.ends_with(".jsonl")
+    is_worker_file(name, MANIFEST_STEM, "jsonl")
 }
 
 /// Appends one shard record to the manifest and syncs it.
@@ -675,6 +703,29 @@ mod tests {
         assert_eq!(shard_of(".part-00012.jsonl.tmp"), Some(12));
         assert_eq!(shard_of("_errors-00003.jsonl"), Some(3));
         assert_eq!(shard_of("_errors.jsonl"), None);
+        // Only stook's exact names: not a Spark part, not notes.
+        for n in [
+            "part-00000-1b2c.snappy.parquet",
+            "part-00000.snappy.parquet",
+            "part-notes.txt",
+            "part-0001.jsonl",
+            ".part-00001.jsonl.bak",
+            "_errors-00001.json",
+        ] {
+            assert_eq!(shard_of(n), None, "{n}");
+        }
+        assert!(is_worker_file("_manifest.jsonl", MANIFEST_STEM, "jsonl"));
+        assert!(is_worker_file(
+            "_manifest-00001-of-00004.jsonl",
+            MANIFEST_STEM,
+            "jsonl"
+        ));
+        assert!(!is_worker_file(
+            "_manifest_old.jsonl",
+            MANIFEST_STEM,
+            "jsonl"
+        ));
+        assert!(!is_worker_file("_manifest-x.jsonl", MANIFEST_STEM, "jsonl"));
         assert!(is_manifest("_manifest-00002-of-00004.jsonl"));
     }
 }
