@@ -55,6 +55,29 @@ fn job(dir: &Path, name: &str, body: &str) -> PathBuf {
     p
 }
 
+/// Runs echo over `d/input` into `d/out-{input}-{format}` (asserting it
+/// succeeds) and returns that directory.
+fn echo(d: &Path, input: &str, format: &str, batch: usize, shard_rows: usize) -> PathBuf {
+    let out = d.join(format!("out-{input}-{format}"));
+    let cfg = job(
+        d,
+        "echo",
+        &format!(
+            "[input]\npath = {:?}\n[output]\npath = {out:?}\nformat = {format:?}\n\
+             [model]\nbackend = \"echo\"\n[batch]\nsize = {batch}\n\
+             [checkpoint]\nshard_rows = {shard_rows}\n",
+            d.join(input)
+        ),
+    );
+    let o = stook(&["run", cfg.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "{input} → {format}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 #[test]
 fn every_input_format_to_every_output_format_gives_the_same_results() {
     let dir = tempdir();
@@ -72,23 +95,7 @@ fn every_input_format_to_every_output_format_gives_the_same_results() {
     ];
     for input in inputs {
         for format in ["jsonl", "parquet", "arrow"] {
-            let out = d.join(format!("out-{input}-{format}"));
-            let cfg = job(
-                d,
-                "echo",
-                &format!(
-                    "[input]\npath = {:?}\n[output]\npath = {out:?}\nformat = {format:?}\n\
-                     [model]\nbackend = \"echo\"\n[batch]\nsize = 1000\n\
-                     [checkpoint]\nshard_rows = 30000\n",
-                    d.join(input)
-                ),
-            );
-            let o = stook(&["run", cfg.to_str().unwrap()]);
-            assert!(
-                o.status.success(),
-                "{input} → {format}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let out = echo(d, input, format, 1000, 30_000);
             let got = script(&["dump", out.to_str().unwrap(), format]);
             assert!(
                 got == want,
@@ -290,23 +297,7 @@ fn a_table_through_echo_to_parquet_and_arrow_is_the_same_table_typed() {
     script(&["mixed", d.to_str().unwrap()]);
     for input in ["mixed.parquet", "mixed.arrow"] {
         for format in ["parquet", "arrow"] {
-            let out = d.join(format!("out-{input}-{format}"));
-            let cfg = job(
-                d,
-                "mixed",
-                &format!(
-                    "[input]\npath = {:?}\n[output]\npath = {out:?}\nformat = {format:?}\n\
-                     [model]\nbackend = \"echo\"\n[batch]\nsize = 256\n\
-                     [checkpoint]\nshard_rows = 1000\n",
-                    d.join(input)
-                ),
-            );
-            let o = stook(&["run", cfg.to_str().unwrap()]);
-            assert!(
-                o.status.success(),
-                "{input} → {format}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let out = echo(d, input, format, 256, 1000);
             let rows = script(&[
                 "same",
                 d.join(input).to_str().unwrap(),

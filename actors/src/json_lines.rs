@@ -380,21 +380,26 @@ pub fn push_json_string(out: &mut String, s: &str) {
 /// positional between 1e-5 and 1e16, else with an exponent, so at most 17
 /// bytes (`-0.0000123456789`, `-1.1754944e-38`). Not finite: `null`.
 pub fn push_f32(out: &mut String, x: f32) {
-    let a = x.abs();
-    if !x.is_finite() {
-        out.push_str("null");
-    } else if a != 0.0 && !(1e-5..1e16).contains(&a) {
-        let _ = write!(out, "{x:e}");
-    } else {
-        let _ = write!(out, "{x}");
-    }
+    let far = x != 0.0 && !(1e-5..1e16).contains(&x.abs());
+    push_shortest(out, x, x.is_finite(), far);
 }
 
 fn push_f64(out: &mut String, x: f64) {
-    let a = x.abs();
-    if !x.is_finite() {
+    let far = x != 0.0 && !(1e-5..1e16).contains(&x.abs());
+    push_shortest(out, x, x.is_finite(), far);
+}
+
+/// `x`'s shortest round-trip text in its own type, with an exponent when
+/// `far` from 1; `null` when not finite.
+fn push_shortest<T: std::fmt::Display + std::fmt::LowerExp>(
+    out: &mut String,
+    x: T,
+    finite: bool,
+    far: bool,
+) {
+    if !finite {
         out.push_str("null");
-    } else if a != 0.0 && !(1e-5..1e16).contains(&a) {
+    } else if far {
         let _ = write!(out, "{x:e}");
     } else {
         let _ = write!(out, "{x}");

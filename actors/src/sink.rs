@@ -459,28 +459,46 @@ mod tests {
         p
     }
 
-    #[test]
-    fn batches_finished_out_of_order_are_written_in_input_order_a_shard_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
+    /// Delivers batches `order` to a Sink over `dir`, then finishes
+    /// (`complete` or not); the summary, the part files committed after
+    /// each delivery, and the store (to check it is empty).
+    fn deliver(
+        dir: &Path,
+        preserve_order: bool,
+        order: &[u64],
+        complete: bool,
+    ) -> (SinkSummary, Vec<usize>, ObjectStore) {
         let store = ObjectStore::new(1 << 20).unwrap();
-        let (cfg, store2, d2) = (sink_config(&d, true), store.clone(), d.clone());
+        let (cfg, store2, d) = (
+            sink_config(dir, preserve_order),
+            store.clone(),
+            dir.to_owned(),
+        );
+        let order = order.to_vec();
         let (summary, committed) = actix::System::new().block_on(async move {
             let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
             let mut committed = Vec::new();
-            for i in [2, 0, 4, 3, 1] {
-                let d = Deliver {
+            for i in order {
+                let batch = Deliver {
                     plan: plan(i),
                     output: Some(output(&store2, i)),
                     errors: Vec::new(),
                     counters: [("n".to_string(), 1)].into(),
                 };
-                sink.send(d).await.unwrap().unwrap();
-                committed.push(parts(&d2).len());
+                sink.send(batch).await.unwrap().unwrap();
+                committed.push(parts(&d).len());
             }
-            let s = sink.send(Finish { complete: true }).await.unwrap().unwrap();
+            let s = sink.send(Finish { complete }).await.unwrap().unwrap();
             (s, committed)
         });
+        (summary, committed, store)
+    }
+
+    #[test]
+    fn batches_finished_out_of_order_are_written_in_input_order_a_shard_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (summary, committed, store) = deliver(d, true, &[2, 0, 4, 3, 1], true);
         // Nothing is written until batch 0 and 1 are both there; then
         // shards 0 (batches 0-1) and 1 (2-3) at once; 4 at the finish.
         assert_eq!(committed, vec![0, 0, 0, 0, 2]);
@@ -490,10 +508,10 @@ mod tests {
         );
         assert_eq!(summary.rows_written, 15);
         assert_eq!(summary.counters.get("n"), Some(&5));
-        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(&d, p)).collect();
+        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(d, p)).collect();
         let want: Vec<String> = (0..15).map(|r| format!("{{\"r\":{r}}}")).collect();
         assert_eq!(all, want);
-        assert_eq!(lines(&d, "_manifest.jsonl").len(), 3);
+        assert_eq!(lines(d, "_manifest.jsonl").len(), 3);
         // Every object was released.
         assert_eq!(store.stats().objects, 0);
     }
@@ -501,23 +519,9 @@ mod tests {
     #[test]
     fn with_order_off_batches_are_written_as_they_come_each_row_numbered() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
-        let store = ObjectStore::new(1 << 20).unwrap();
-        let (cfg, store2) = (sink_config(&d, false), store.clone());
-        let summary = actix::System::new().block_on(async move {
-            let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
-            for i in [2, 0, 1] {
-                let d = Deliver {
-                    plan: plan(i),
-                    output: Some(output(&store2, i)),
-                    errors: Vec::new(),
-                    counters: Default::default(),
-                };
-                sink.send(d).await.unwrap().unwrap();
-            }
-            sink.send(Finish { complete: true }).await.unwrap().unwrap()
-        });
-        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(&d, p)).collect();
+        let d = dir.path();
+        let (summary, _, store) = deliver(d, false, &[2, 0, 1], true);
+        let all: Vec<String> = summary.parts.iter().flat_map(|p| lines(d, p)).collect();
         let rows =
             |i: u64| (i * ROWS..(i + 1) * ROWS).map(|r| format!("{{\"_row\":{r},\"r\":{r}}}"));
         let want: Vec<String> = rows(2).chain(rows(0)).chain(rows(1)).collect();
@@ -528,28 +532,11 @@ mod tests {
     #[test]
     fn an_unfinished_run_commits_nothing_more_and_leaves_no_temporary_file() {
         let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().to_path_buf();
-        let store = ObjectStore::new(1 << 20).unwrap();
-        let (cfg, store2) = (sink_config(&d, true), store.clone());
-        let summary = actix::System::new().block_on(async move {
-            let sink = Sink::new(cfg, Arc::new(Progress::default())).start();
-            for i in [0, 1, 2] {
-                let d = Deliver {
-                    plan: plan(i),
-                    output: Some(output(&store2, i)),
-                    errors: Vec::new(),
-                    counters: Default::default(),
-                };
-                sink.send(d).await.unwrap().unwrap();
-            }
-            sink.send(Finish { complete: false })
-                .await
-                .unwrap()
-                .unwrap()
-        });
+        let d = dir.path();
+        let (summary, _, store) = deliver(d, true, &[0, 1, 2], false);
         // Shard 0 was complete; shard 1 (batch 2 of 2-3) is dropped.
         assert_eq!(summary.parts, vec!["part-00000.jsonl"]);
-        let names: Vec<String> = std::fs::read_dir(&d)
+        let names: Vec<String> = std::fs::read_dir(d)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
