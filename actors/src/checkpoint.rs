@@ -337,6 +337,10 @@ pub struct ShardRecord {
     pub crc32: u32,
     /// The size of its bad-row file (0: none).
     pub errors_bytes: u64,
+    /// CRC-32 of its bad-row file (absent in manifests written before it
+    /// was recorded: their bad-row files are checked by size alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_crc32: Option<u32>,
 }
 
 impl ShardRecord {
@@ -398,6 +402,19 @@ impl Manifest {
             } else {
                 serde_json::from_slice::<ShardRecord>(line).map(|s| shards.push(s))
             };
+            // A part is named by stook for its shard, a bare name in this
+            // directory: anything else (`../../secret.txt`) is not trusted.
+            if let (Ok(()), Some(s)) = (&parsed, shards.last()) {
+                if i > 0 && !(s.part.starts_with("part-") && shard_of(&s.part) == Some(s.shard)) {
+                    return Err(err(
+                        i + 1,
+                        format!(
+                            "names the part {:?}, which is not stook's name for shard {}",
+                            s.part, s.shard
+                        ),
+                    ));
+                }
+            }
             match parsed {
                 Ok(()) => {}
                 // A crash mid-append leaves an unterminated last line.
@@ -522,14 +539,15 @@ pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
     }
     if record.errors_bytes > 0 {
         let name = errors_name(record.shard);
-        let len = std::fs::metadata(dir.join(&name))
-            .map_err(|e| format!("{name}: {e}"))?
-            .len();
+        let (len, crc) = crc_of(&dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
         if len != record.errors_bytes {
             return Err(format!(
                 "{name}: {len} bytes, the manifest says {}",
                 record.errors_bytes
             ));
+        }
+        if record.errors_crc32.is_some_and(|want| want != crc) {
+            return Err(format!("{name}: checksum differs from the manifest's"));
         }
     }
     Ok(())
@@ -610,6 +628,7 @@ mod tests {
             bytes: 0,
             crc32: 0,
             errors_bytes: 0,
+            errors_crc32: None,
         }
     }
 
@@ -633,6 +652,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("_manifest.jsonl:4: not a manifest line"), "{e}");
+    }
+
+    #[test]
+    fn manifest_part_names_are_not_trusted_as_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in [
+            "../../secret.txt",
+            "/etc/passwd",
+            "part-00001.jsonl",
+            ".part-00000.jsonl.tmp",
+        ] {
+            let mut r = record(0);
+            r.part = bad.into();
+            let m = Manifest {
+                header: header(),
+                shards: vec![record(1), r],
+                torn_tail: false,
+            };
+            m.rewrite(dir.path()).unwrap();
+            let e = Manifest::read(dir.path(), MANIFEST)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "_manifest.jsonl:3: names the part {bad:?}, which is not stook's name for shard 0"
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_row_files_are_checked_by_size_and_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join(part_name(0, "jsonl")), b"").unwrap();
+        std::fs::write(d.join(errors_name(0)), b"{\"line\":1}\n").unwrap();
+        let (len, crc) = crc_of(&d.join(errors_name(0))).unwrap();
+        let mut r = record(0);
+        (r.bytes, r.crc32) = crc_of(&d.join(part_name(0, "jsonl"))).unwrap();
+        (r.errors_bytes, r.errors_crc32) = (len, Some(crc));
+        assert_eq!(verify(d, &r), Ok(()));
+        // The same size, other bytes.
+        std::fs::write(d.join(errors_name(0)), b"{\"line\":2}\n").unwrap();
+        let e = verify(d, &r).unwrap_err();
+        assert_eq!(
+            e,
+            "_errors-00000.jsonl: checksum differs from the manifest's"
+        );
+        // A manifest from before CRCs were kept: size alone.
+        r.errors_crc32 = None;
+        assert_eq!(verify(d, &r), Ok(()));
     }
 
     #[test]

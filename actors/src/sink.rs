@@ -273,11 +273,12 @@ impl Sink {
         };
         let dir = self.cfg.dir.clone();
         let name = part_name(shard.index, self.cfg.format.name());
-        let mut errors_bytes = 0;
+        let (mut errors_bytes, mut errors_crc32) = (0, None);
         if let Some(errors) = shard.errors {
             let ename = errors_name(shard.index);
             let r = errors.commit(&dir, &ename);
-            errors_bytes = self.io(&ename, r)?.0;
+            let (bytes, crc) = self.io(&ename, r)?;
+            (errors_bytes, errors_crc32) = (bytes, Some(crc));
         }
         let (bytes, crc32) = self.io(&name, shard.part.commit(&dir, &name))?;
         self.io(&name, sync_dir(&dir))?;
@@ -290,6 +291,7 @@ impl Sink {
             bytes,
             crc32,
             errors_bytes,
+            errors_crc32,
         };
         let manifest = self.cfg.todo.worker.manifest_name();
         if self.manifest.is_none() {
