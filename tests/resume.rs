@@ -82,9 +82,11 @@ fn kill_and_resume_as(signal: i32, format: &str, rounds: usize) {
             .spawn()
             .unwrap();
         // Each resumed run has less left to do: aim inside the first third,
-        // and not before the process reaches main (a signal there meets the
-        // default action, before any of stook runs).
-        std::thread::sleep(Duration::from_millis(5 + rng.below(full / 3 + 1)));
+        // and not before stook catches SIGINT (a signal before that meets
+        // the default action, before any of stook runs; on a loaded machine
+        // a process can take longer than any fixed wait to get there).
+        wait_until_it_catches(child.id(), libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(rng.below(full / 3 + 1)));
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let o = child.wait_with_output().unwrap();
@@ -363,4 +365,23 @@ fn resume_false_refuses_a_directory_with_a_manifest() {
         e.contains("checkpoint.resume = false; pass --fresh to start over"),
         "{e}"
     );
+}
+
+/// Waits (at most 10 s) until process `pid` has a handler for `signal`, as
+/// /proc/PID/status's SigCgt mask shows it.
+fn wait_until_it_catches(pid: u32, signal: i32) {
+    let bit = 1u64 << (signal - 1);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & bit != 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
