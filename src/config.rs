@@ -666,7 +666,51 @@ fn section<T: DeserializeOwned>(
         }
         None => toml::Value::Table(toml::Table::new()),
     };
-    parse_value(value, name).map_err(|p| problems.push(p)).ok()
+    parse_value_all(value, name)
+        .map_err(|ps| problems.extend(ps))
+        .ok()
+}
+
+/// Deserialises a TOML table, reporting every key that is wrong, not only
+/// the first: a failing key is noted and set aside, and the rest parsed
+/// again (once per key at most).
+pub fn parse_value_all<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &str,
+) -> Result<T, Vec<ConfigProblem>> {
+    let mut value = value;
+    let mut problems: Vec<ConfigProblem> = Vec::new();
+    let mut set_aside: Vec<String> = Vec::new();
+    loop {
+        match parse_value::<T>(value.clone(), prefix) {
+            Ok(v) if problems.is_empty() => return Ok(v),
+            Ok(_) => return Err(problems),
+            Err(p) => {
+                // A required key set aside is missing now: no news.
+                if set_aside
+                    .iter()
+                    .any(|k| p.message.contains(&format!("missing field `{k}`")))
+                {
+                    return Err(problems);
+                }
+                let key = p
+                    .key
+                    .strip_prefix(prefix)
+                    .and_then(|k| k.strip_prefix('.'))
+                    .and_then(|k| k.split(['.', '[']).next())
+                    .map(str::to_string);
+                problems.push(p);
+                let removed = match (&mut value, key) {
+                    (toml::Value::Table(t), Some(k)) => t.remove(&k).map(|_| k),
+                    _ => None,
+                };
+                match removed {
+                    Some(k) => set_aside.push(k),
+                    None => return Err(problems),
+                }
+            }
+        }
+    }
 }
 
 /// Deserialises a TOML value, naming the failing key under `prefix`.
@@ -885,6 +929,31 @@ mod tests {
         assert!(keys.contains(&"batch.num_actors"), "{p:?}");
         assert!(keys.contains(&"memory.object_store"), "{p:?}");
         assert!(p.iter().any(|p| p.message.contains("parsecs")), "{p:?}");
+    }
+
+    #[test]
+    fn absurd_values_several_bad_keys_in_one_section_are_all_reported() {
+        let text = "[input]\npath = \"x\"\nmax_line_bytes = \"lots\"\ncolumn = 1\n[output]\npath = \"o\"\n\
+                    [model]\nbackend = \"echo\"\n[batch]\nsize = \"big\"\nnum_actors = \"two\"\nbogus = 1\n";
+        let p = JobConfig::from_toml(text, Path::new(".")).unwrap_err();
+        let keys: Vec<&str> = p.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "input.max_line_bytes",
+            "input.column",
+            "batch.size",
+            "batch.num_actors",
+            "batch.bogus",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {p:?}");
+        }
+        // A required key of the wrong type is one problem, not two.
+        let p = JobConfig::from_toml(
+            "[input]\npath = 5\n[output]\npath = \"o\"\n[model]\nbackend = \"echo\"\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].key, "input.path");
     }
 
     #[test]

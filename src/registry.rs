@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use stook_actors::Backend;
 
-use crate::config::{parse_value, ConfigProblem, ModelConfig};
+use crate::config::{parse_value_all, ConfigProblem, ModelConfig};
 
 /// A backend's `[model.options]` table, parsed on request into its own
 /// type, and what the job tells every backend about how it will run.
@@ -49,7 +49,7 @@ impl BackendOptions {
     /// Deserialises the options; errors name their `model.options.*` key.
     /// Use `#[serde(deny_unknown_fields)]` on `T` so that typos are errors.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, Vec<ConfigProblem>> {
-        parse_value(toml::Value::Table(self.table.clone()), "model.options").map_err(|p| vec![p])
+        parse_value_all(toml::Value::Table(self.table.clone()), "model.options")
     }
 }
 
