@@ -23,6 +23,8 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 const EXIT_BAD_INPUT: u8 = 3;
 const EXIT_CANCELLED: u8 = 130;
+/// 128 + SIGTERM, as a shell reports a process SIGTERM ended.
+const EXIT_TERMINATED: u8 = 143;
 
 #[derive(Parser)]
 #[command(
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
     // First thing, so that no Ctrl-C finds the default action (death
     // without cleanup) once a job may have started writing.
     install_ctrl_c();
+    install_sigterm();
     // A reader that goes away (`stook backends | head -c1`) ends stook
     // as it ends other command-line tools, quietly, instead of making
     // every print a panic. What is committed stays committed.
@@ -309,10 +312,41 @@ fn run(
             ExitCode::SUCCESS
         }
         Err(e) if e.is_cancelled() => {
+            if TERMINATED.load(Ordering::SeqCst) > 0 {
+                eprintln!(
+                    "stook: stopped by SIGTERM; committed shards are kept in the output directory"
+                );
+                return ExitCode::from(EXIT_TERMINATED);
+            }
             eprintln!("stook: cancelled; committed shards are kept in the output directory");
             ExitCode::from(EXIT_CANCELLED)
         }
         Err(e) => fail(&e.to_string(), exit_code(&e)),
+    }
+}
+
+/// SIGTERMs received.
+static TERMINATED: AtomicUsize = AtomicUsize::new(0);
+
+/// SIGTERM (what Kubernetes and Slurm send before SIGKILL) stops a job as
+/// the first Ctrl-C does, and stook exits 143; a second one, or one before a
+/// job has started, exits at once. Runs in the signal's context: only
+/// atomics and `_exit`.
+extern "C" fn on_sigterm(_: libc::c_int) {
+    let first = TERMINATED.fetch_add(1, Ordering::SeqCst) == 0;
+    match JOB_CANCEL.get() {
+        Some(cancel) if first => cancel.store(true, Ordering::SeqCst),
+        // SAFETY: _exit is async-signal-safe.
+        _ => unsafe { libc::_exit(i32::from(EXIT_TERMINATED)) },
+    }
+}
+
+fn install_sigterm() {
+    // SAFETY: the handler only touches atomics and calls _exit.
+    let handler: extern "C" fn(libc::c_int) = on_sigterm;
+    let r = unsafe { libc::signal(libc::SIGTERM, handler as libc::sighandler_t) };
+    if r == libc::SIG_ERR {
+        tracing::warn!("cannot install the SIGTERM handler");
     }
 }
 

@@ -422,6 +422,22 @@ fn a_rerun_resumes_and_an_output_directory_with_other_files_is_refused() {
 
 #[test]
 fn sigint_stops_cleanly_with_exit_130_and_only_complete_shards() {
+    stops_cleanly(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_stops_cleanly_like_the_first_ctrl_c_with_exit_143_and_resumes() {
+    let c = stops_cleanly(libc::SIGTERM, 143);
+    // The rerun finishes what is left.
+    let o = c.stook(&["run", c.path("job.toml").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = String::from_utf8(output_bytes(&c.path("out"))).unwrap();
+    assert_eq!(written.lines().count(), 3000);
+}
+
+/// A job of 30 shards stopped by `signal` after 1.5 s: exit `code`, no
+/// temporary file, only whole shards committed, in order.
+fn stops_cleanly(signal: i32, code: i32) -> Case {
     let c = Case::new();
     let mut f = std::fs::File::create(c.path("in.jsonl")).unwrap();
     for i in 0..3000 {
@@ -441,9 +457,9 @@ fn sigint_stops_cleanly_with_exit_130_and_only_complete_shards() {
         .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(1500));
     // SAFETY: plain signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
     let out = c.path("out");
     assert!(temporaries(&out).is_empty(), "{:?}", temporaries(&out));
     assert!(!out.join("_SUCCESS").exists());
@@ -456,6 +472,7 @@ fn sigint_stops_cleanly_with_exit_130_and_only_complete_shards() {
     for (i, line) in written.lines().enumerate() {
         assert!(line.starts_with(&format!("{{\"id\":{i},")), "{line}");
     }
+    c
 }
 
 #[test]
