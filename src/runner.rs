@@ -318,9 +318,62 @@ impl Job {
 
     /// Checks every input row against the backend's schema; loads no model.
     pub fn validate(&self) -> Result<Validation, RunError> {
+        self.check_locations()?;
         let input = self.open_input()?;
         self.passthrough_types(&input)?;
         validate_file(&input, &self.source_schema(), &self.limits())
+    }
+
+    /// Refuses an `output.assemble` file that is the input (or inside an
+    /// input directory) or inside the output directory (where it would
+    /// replace a manifest, a part, or make the directory not stook's), and
+    /// an output directory that is the input or inside it.
+    fn check_locations(&self) -> Result<(), RunError> {
+        let o = &self.config.output;
+        let input = resolved(&self.config.input.path);
+        let output = resolved(&o.path);
+        let refuse = |key: &str, message: String| -> Result<(), RunError> {
+            Err(ConfigErrors {
+                path: self.config_path.clone(),
+                problems: vec![crate::config::ConfigProblem::new(key, message)],
+            }
+            .into())
+        };
+        if output.starts_with(&input) {
+            return refuse(
+                "output.path",
+                format!(
+                    "{} is the input or inside it ({}); choose a directory of its own",
+                    o.path.display(),
+                    self.config.input.path.display()
+                ),
+            );
+        }
+        if let Some(a) = &o.assemble {
+            let target = resolved(a);
+            if target.starts_with(&input) {
+                return refuse(
+                    "output.assemble",
+                    format!(
+                        "{} is the input or inside it ({}): it would be overwritten",
+                        a.display(),
+                        self.config.input.path.display()
+                    ),
+                );
+            }
+            if target.starts_with(&output) {
+                return refuse(
+                    "output.assemble",
+                    format!(
+                        "{} is inside the output directory {}, which holds stook's own files \
+                         only; assemble beside it",
+                        a.display(),
+                        o.path.display()
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Counts the input's rows (fast: no row is parsed; a table's count is
@@ -342,6 +395,7 @@ impl Job {
     /// writes the final output (`_errors.jsonl`, the `output.assemble`
     /// file, `_SUCCESS`). Refused, naming the missing shards, otherwise.
     pub fn merge(&self) -> Result<Totals, RunError> {
+        self.check_locations()?;
         let header = output::header_for(&self.config, self.backend.fingerprint(), Worker::ALONE)?;
         let cfg = &self.config;
         output::merge(
@@ -362,6 +416,7 @@ impl Job {
         let started = Instant::now();
         let cfg = &self.config;
         let worker = control.worker;
+        self.check_locations()?;
         if !worker.is_alone() && !cfg.output.preserve_order {
             return Err(ConfigErrors {
                 path: self.config_path.clone(),
@@ -780,5 +835,28 @@ fn count_rows(
             path: input.path().to_path_buf(),
         }),
         n => Ok(n),
+    }
+}
+
+/// `path` with symlinks and `..` resolved as far as it exists (the rest
+/// appended as written), so two spellings of one place compare equal.
+fn resolved(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(p) = existing.canonicalize() {
+            return rest.iter().rev().fold(p, |p, c| p.join(c));
+        }
+        match (existing.file_name(), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name.to_os_string());
+                existing = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => return path.to_path_buf(),
+        }
     }
 }

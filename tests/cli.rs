@@ -584,3 +584,43 @@ fn a_plain_run_deletes_no_user_file_that_only_looks_like_stooks() {
         }
     }
 }
+
+#[test]
+fn output_assemble_is_checked_against_the_input_and_the_output_directory() {
+    let c = Case::new();
+    let input = c.input(good(0).as_bytes());
+    let before = std::fs::read(&input).unwrap();
+    let cfg = c.config("", "");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    for (assemble, says) in [
+        ("in.jsonl", "is the input or inside it"),
+        ("./sub/../in.jsonl", "is the input or inside it"),
+        ("out/_manifest.jsonl", "is inside the output directory"),
+        ("out/all.jsonl", "is inside the output directory"),
+    ] {
+        std::fs::create_dir_all(c.path("sub")).unwrap();
+        let text = base.replace(
+            "path = \"out\"\n",
+            &format!("path = \"out\"\nassemble = {assemble:?}\n"),
+        );
+        std::fs::write(&cfg, text).unwrap();
+        for cmd in ["validate", "run"] {
+            let o = c.stook(&[cmd, cfg.to_str().unwrap()]);
+            let err = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {assemble}: {err}");
+            assert!(
+                err.contains("output.assemble") && err.contains(says),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::read(&input).unwrap(), before, "{assemble}");
+    }
+    // An output directory inside the input's place is refused too.
+    let text = base.replace("path = \"out\"\n", "path = \"in.jsonl/out\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let err = stderr(&c.stook(&["run", cfg.to_str().unwrap()]));
+    assert!(
+        err.contains("output.path") && err.contains("is the input or inside it"),
+        "{err}"
+    );
+}
