@@ -81,12 +81,12 @@ fn kill_and_resume_as(signal: i32, format: &str, rounds: usize) {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Each resumed run has less left to do: aim inside the first third,
-        // and not before stook catches SIGINT (a signal before that meets
+        // Each resumed run has less left to do: aim inside the first
+        // quarter, and not before stook catches SIGINT (a signal before that meets
         // the default action, before any of stook runs; on a loaded machine
         // a process can take longer than any fixed wait to get there).
         wait_until_it_catches(child.id(), libc::SIGINT);
-        std::thread::sleep(Duration::from_millis(rng.below(full / 3 + 1)));
+        std::thread::sleep(Duration::from_millis(rng.below(full / 4 + 1)));
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let o = child.wait_with_output().unwrap();
