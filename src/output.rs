@@ -60,9 +60,14 @@ pub fn is_ours(name: &str) -> bool {
 /// The manifest header for `config` over its input now, for `worker`.
 pub fn header_for(
     config: &JobConfig,
-    model_fingerprint: String,
+    backend: &dyn stook_actors::Backend,
     worker: Worker,
 ) -> Result<ManifestHeader, RunError> {
+    let model_fingerprint = backend.fingerprint();
+    let mut options = config.model.options.clone();
+    for k in backend.result_neutral_options() {
+        options.remove(*k);
+    }
     let input = InputFingerprint::of(&config.input.path).map_err(|source| RunError::Output {
         path: config.input.path.clone(),
         source,
@@ -74,7 +79,7 @@ pub fn header_for(
     put("model.backend", config.model.backend.clone().into());
     put(
         "model.options",
-        serde_json::to_value(&config.model.options).unwrap_or_default(),
+        serde_json::to_value(&options).unwrap_or_default(),
     );
     if !model_fingerprint.is_empty() {
         put("model.files", model_fingerprint.into());
@@ -92,6 +97,12 @@ pub fn header_for(
         put("output.format", config.output.format.0.name().into());
     }
     put("input.max_line_bytes", config.input.max_line_bytes.0.into());
+    if let Some(columns) = &config.input.columns {
+        put(
+            "input.columns",
+            serde_json::to_value(columns).unwrap_or_default(),
+        );
+    }
     Ok(ManifestHeader::new(input, c, worker))
 }
 

@@ -387,7 +387,7 @@ impl Job {
     /// Where the job's output stands: shards committed per worker, what is
     /// missing. Reads the manifests; loads no model.
     pub fn status(&self) -> Result<Status, RunError> {
-        let header = output::header_for(&self.config, self.backend.fingerprint(), Worker::ALONE)?;
+        let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
         output::status(&self.config.output.path, &header, self.layout()?)
     }
 
@@ -396,7 +396,7 @@ impl Job {
     /// file, `_SUCCESS`). Refused, naming the missing shards, otherwise.
     pub fn merge(&self) -> Result<Totals, RunError> {
         self.check_locations()?;
-        let header = output::header_for(&self.config, self.backend.fingerprint(), Worker::ALONE)?;
+        let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
         let cfg = &self.config;
         output::merge(
             &cfg.output.path,
@@ -456,7 +456,7 @@ impl Job {
         let devices = self.devices()?;
 
         // 3. The output directory (new, or resumed) and the store.
-        let header = output::header_for(cfg, self.backend.fingerprint(), worker)?;
+        let header = output::header_for(cfg, self.backend.as_ref(), worker)?;
         let prepared = {
             let (dir, header, fresh) = (cfg.output.path.clone(), header.clone(), control.fresh);
             let resume = cfg.checkpoint.resume;

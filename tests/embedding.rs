@@ -478,3 +478,26 @@ fn absurd_values_max_seq_length_zero_is_refused_with_every_other_problem() {
         Ok(_) => panic!("max_seq_length = 0 was accepted"),
     }
 }
+
+#[test]
+fn resume_depends_on_what_changes_results_not_on_how_the_model_path_is_spelled_or_threads() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 20);
+    let out = dir.path().join("o");
+    let c = embedding_config(&input, &out, 8, Compute::Actors, 1);
+    let first = run(c).unwrap();
+    assert_eq!(first.rows_this_run, 20);
+    // The same folder spelled another way, and a thread count: the same
+    // results, so the rerun resumes (nothing left to do).
+    let spelled = model_dir().join("..").join("all-MiniLM-L6-v2");
+    let mut c = embedding_config(&input, &out, 8, Compute::Actors, 1);
+    c.model.options = toml::from_str(&format!("path = {spelled:?}\nthreads = 1")).unwrap();
+    let again = run(c).unwrap();
+    assert_eq!(again.rows_this_run, 0, "refused or redone");
+    // A change that does change results is still refused.
+    let mut c = embedding_config(&input, &out, 8, Compute::Actors, 1);
+    c.model.options =
+        toml::from_str(&format!("path = {:?}\nmax_seq_length = 16", model_dir())).unwrap();
+    let e = run(c).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("the config changed (model.options"), "{e}");
+}

@@ -298,6 +298,12 @@ fn resuming_against_a_changed_input_or_config_is_refused_naming_the_change() {
         e.contains("cannot resume: the config changed (batch.size: 100 → 50)"),
         "{e}"
     );
+    // Resume ignored input.columns: which columns are read is part of
+    // what the output holds.
+    let mut c = config(&input, &out, "", 100);
+    c.input.columns = Some(vec!["id".into(), "text".into()]);
+    let e = run(c).unwrap_err().to_string();
+    assert!(e.contains("input.columns"), "{e}");
     let e = run(config(&input, &out, "output_bytes = 10", 100))
         .unwrap_err()
         .to_string();

@@ -51,6 +51,14 @@ pub trait Backend: Send + Sync + 'static {
         self.output_schema()
     }
 
+    /// Keys of its `[model.options]` that never change its results (CPU
+    /// threads; a model folder's path where [`Backend::fingerprint`] hashes
+    /// its files): left out of the config a resume compares, so changing
+    /// them is not "config changed".
+    fn result_neutral_options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// What identifies the model's files (a hash), for resume checks;
     /// empty for a model with none.
     fn fingerprint(&self) -> String {

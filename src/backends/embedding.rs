@@ -393,6 +393,12 @@ impl Backend for Embedding {
         })
     }
 
+    fn result_neutral_options(&self) -> &'static [&'static str] {
+        // The folder's files are hashed (fingerprint), however its path is
+        // spelled; vectors do not depend on the threads (tested).
+        &["path", "threads"]
+    }
+
     fn fingerprint(&self) -> String {
         let mut h = Sha256::new();
         for f in [
