@@ -141,6 +141,16 @@ fn lock(dir: &Path, worker: Worker) -> Result<File, RunError> {
     Ok(file)
 }
 
+/// Whether another process holds the lock file `path` (its flock).
+fn is_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on an fd this function owns; released when it closes.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
 /// Whether `name` in the output directory is `worker`'s to write or remove.
 fn is_workers(worker: Worker, name: &str) -> bool {
     if worker.is_alone() {
@@ -169,6 +179,22 @@ pub fn prepare(
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
     let lock = lock(dir, worker)?;
     let entries = list(dir)?;
+    if worker.is_alone() {
+        // A run alone owns the whole directory: not while a split's worker
+        // still runs in it (its lock is held).
+        let own_lock = format!(".{own}.lock");
+        for name in entries
+            .iter()
+            .filter(|n| n.ends_with(".lock") && **n != own_lock)
+        {
+            if is_ours(name) && is_held(&dir.join(name)) {
+                return Err(RunError::InUse {
+                    dir: dir.to_path_buf(),
+                    lock: name.clone(),
+                });
+            }
+        }
+    }
     if let Some(other) = entries.iter().find(|n| !is_ours(n)) {
         return Err(RunError::OutputNotEmpty {
             dir: dir.to_path_buf(),

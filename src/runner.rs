@@ -90,6 +90,19 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another stook process holds a lock in the output directory that a
+    /// run alone would clear.
+    #[error(
+        "{}: another stook process is running on this output directory (it holds {lock}); \
+         wait for it or stop it",
+        .dir.display()
+    )]
+    InUse {
+        /// The output directory.
+        dir: PathBuf,
+        /// The lock file held.
+        lock: String,
+    },
     /// Another process runs the same worker on this output directory.
     #[error(
         "{}: another stook process is running worker {worker} on this output directory \

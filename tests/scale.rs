@@ -283,3 +283,36 @@ fn the_scheduler_environment_names_the_worker() {
     assert_eq!(errors.lines().count(), 1, "row 17");
     assert_eq!(String::from_utf8(all).unwrap().lines().count(), 2_999);
 }
+
+#[test]
+fn a_lone_fresh_run_leaves_a_running_split_workers_files_alone() {
+    let dir = tempdir();
+    let input = write_rows(dir.path(), "in.jsonl", 20_000);
+    let split = write_job(dir.path(), "split", &input, 20);
+    let out = dir.path().join("split");
+    let mut running = worker(&split, 0, 2);
+    let manifest = out.join("_manifest-00000-of-00002.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(&manifest) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "worker 0 committed nothing in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = stook(&["run", "--fresh", split.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("another stook process is running on this output directory")
+            && err.contains("._manifest-00000-of-00002.jsonl.lock"),
+        "{err}"
+    );
+    // The worker's files are all there, and it finishes its slice.
+    assert!(manifest.exists() && out.join("part-00000.jsonl").exists());
+    let done = running.wait().unwrap();
+    assert!(done.success());
+    assert_eq!(committed(&manifest), 2);
+}
