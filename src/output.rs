@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use stook_actors::checkpoint::{
-    errors_name, is_manifest, shard_of, sync_dir, verify, write_atomic, InputFingerprint, Manifest,
-    ManifestHeader, Resume, ShardRecord, Worker, ERRORS, SUCCESS,
+    errors_name, is_manifest, shard_of, sync_dir, verify, write_atomic, write_then_rename,
+    InputFingerprint, Manifest, ManifestHeader, Resume, ShardRecord, Worker, ERRORS, SUCCESS,
 };
 
 use crate::config::JobConfig;
@@ -679,14 +679,13 @@ fn concat(dir: &Path, names: &[String], target: &Path) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.tmp"));
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-    for n in names {
-        std::io::copy(&mut std::fs::File::open(dir.join(n))?, &mut out)?;
-    }
-    let f = out.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, target)?;
-    sync_dir(parent)
+    write_then_rename(parent, &tmp, target, |f| {
+        let mut out = std::io::BufWriter::new(f);
+        for n in names {
+            std::io::copy(&mut std::fs::File::open(dir.join(n))?, &mut out)?;
+        }
+        std::io::Write::flush(&mut out)
+    })
 }
 
 #[cfg(test)]

@@ -624,3 +624,32 @@ fn output_assemble_is_checked_against_the_input_and_the_output_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn merge_and_assemble_never_write_through_a_symlink() {
+    let c = Case::new();
+    c.input(good(0).as_bytes());
+    let cfg = c.config("", "");
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        base.replace(
+            "path = \"out\"\n",
+            "path = \"out\"\nassemble = \"all.jsonl\"\n",
+        ),
+    )
+    .unwrap();
+    // Someone else's file, and a link to it where stook writes its
+    // temporary copy of the assembled output.
+    let victim = c.path("victim.txt");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, c.path(".all.jsonl.tmp")).unwrap();
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains(".all.jsonl.tmp is a symlink"), "{err}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(!c.path("all.jsonl").exists());
+    // The link is not stook's either: left where it was.
+    assert!(c.path(".all.jsonl.tmp").is_symlink());
+}

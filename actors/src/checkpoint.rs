@@ -489,16 +489,59 @@ pub fn open_for_append(dir: &Path, name: &str) -> std::io::Result<File> {
     OpenOptions::new().append(true).open(dir.join(name))
 }
 
+/// Creates (or empties) `path` to write it, never through a symlink
+/// there (`O_NOFOLLOW`): a name stook writes is never a way to a file
+/// elsewhere. A symlink is an error naming the path.
+pub fn create_no_follow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                std::io::Error::other(format!(
+                    "{} is a symlink; stook writes only files of its own",
+                    path.display()
+                ))
+            } else {
+                std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+            }
+        })
+}
+
+/// Writes `tmp` with `write`, syncs it and renames it to `target`, syncing
+/// `dir` (their directory); on any failure the temporary file is removed
+/// and the error names it.
+pub fn write_then_rename(
+    dir: &Path,
+    tmp: &Path,
+    target: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    // A name that cannot be created (a symlink there, say) is left as it is.
+    let mut f = create_no_follow(tmp)?;
+    if let Err(e) = write(&mut f).and_then(|()| f.sync_all()) {
+        // The file created just now goes (a full disk leaves no temporary).
+        drop(f);
+        let _ = std::fs::remove_file(tmp);
+        return Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", tmp.display()),
+        ));
+    }
+    drop(f);
+    std::fs::rename(tmp, target)?;
+    sync_dir(dir)
+}
+
 /// Writes `dir/name` atomically: a temporary file, synced, renamed, and the
 /// directory synced.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
+    write_then_rename(dir, &tmp, &dir.join(name), |f| f.write_all(data))
 }
 
 /// Syncs a directory, making renames in it durable.

@@ -105,7 +105,7 @@ impl TempFile {
     /// Creates `dir/.name.tmp`.
     pub fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
         let tmp = dir.join(format!(".{name}.tmp"));
-        let file = File::create(&tmp)?;
+        let file = crate::checkpoint::create_no_follow(&tmp)?;
         Ok(TempFile {
             tmp,
             out: BufWriter::with_capacity(1 << 20, file),
