@@ -56,6 +56,19 @@ fn worker(cfg: &Path, i: usize, n: usize) -> Child {
         .unwrap()
 }
 
+/// Waits (at most 60 s) until `manifest` records a committed shard.
+fn wait_for_a_commit(manifest: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(manifest) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} recorded no shard in 60 s",
+            manifest.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Committed shards in a manifest (its lines less the header).
 fn committed(manifest: &Path) -> usize {
     std::fs::read_to_string(manifest)
@@ -96,14 +109,7 @@ fn four_workers_one_killed_and_rerun_merge_to_one_process_bytes() {
     let out = dir.path().join("split");
     let mut children: Vec<Child> = (0..4).map(|i| worker(&split, i, 4)).collect();
     let victim = out.join("_manifest-00001-of-00004.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&victim) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "worker 1 committed nothing in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_commit(&victim);
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(children[1].id() as i32, libc::SIGKILL) };
     let killed = children.remove(1).wait_with_output().unwrap();
@@ -292,14 +298,7 @@ fn a_lone_fresh_run_leaves_a_running_split_workers_files_alone() {
     let out = dir.path().join("split");
     let mut running = worker(&split, 0, 2);
     let manifest = out.join("_manifest-00000-of-00002.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while committed(&manifest) < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "worker 0 committed nothing in 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_commit(&manifest);
     let o = stook(&["run", "--fresh", split.to_str().unwrap()])
         .output()
         .unwrap();
