@@ -57,30 +57,41 @@ pub fn ipc_bound(rows: usize, u64_cols: usize, str_cols: usize, str_bytes: usize
 /// column: its buffers' bytes for its rows, and for each array inside it
 /// headers, padding, offsets and validity.
 pub fn typed_room(array: &dyn Array) -> usize {
-    fn arrays(dt: &DataType, names: &mut usize) -> usize {
-        1 + match dt {
-            DataType::Struct(fs) => fs
-                .iter()
-                .map(|f| {
-                    *names += f.name().len();
-                    arrays(f.data_type(), names)
-                })
-                .sum(),
-            DataType::List(f)
-            | DataType::LargeList(f)
-            | DataType::FixedSizeList(f, _)
-            | DataType::Map(f, _) => arrays(f.data_type(), names),
-            _ => 0,
-        }
-    }
     let rows = array.len();
-    let mut names = 0;
-    let n = arrays(array.data_type(), &mut names);
+    let (children, names) = nested_arrays(array.data_type());
     let data = array.to_data();
     let bytes = data
         .get_slice_memory_size()
         .unwrap_or_else(|_| array.get_buffer_memory_size());
-    bytes + 2 * names + n * (256 + 3 * 64 + 8 * (rows + 1) + rows.div_ceil(8))
+    bytes + 2 * names + (1 + children) * (256 + 3 * 64 + 8 * (rows + 1) + rows.div_ceil(8))
+}
+
+/// The arrays nested in a column of type `dt` (its children, theirs, …)
+/// and the bytes of their names and metadata: what IPC headers and
+/// buffers spend on them beyond the column itself.
+pub(crate) fn nested_arrays(dt: &DataType) -> (usize, usize) {
+    let children: Vec<&Field> = match dt {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => vec![f.as_ref()],
+        DataType::Struct(fs) => fs.iter().map(|f| f.as_ref()).collect(),
+        _ => Vec::new(),
+    };
+    children.iter().fold((0, 0), |(arrays, names), f| {
+        let (a, n) = nested_arrays(f.data_type());
+        (arrays + 1 + a, names + name_bytes(f) + n)
+    })
+}
+
+/// The bytes of a field's name and metadata in an IPC schema, with room
+/// for their framing.
+pub(crate) fn name_bytes(f: &Field) -> usize {
+    f.name().len()
+        + f.metadata()
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum::<usize>()
 }
 
 /// The bound for an input batch of `rows` rows spanning `line_bytes` bytes.

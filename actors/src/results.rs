@@ -19,7 +19,7 @@ use arrow_array::builder::{StringBuilder, UInt64Builder};
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
-use crate::batch::{decode, write_object, RequestBatch};
+use crate::batch::{decode, name_bytes, nested_arrays, write_object, RequestBatch};
 use crate::json_lines::{with_meta, ENCODING, JSON_OBJECT, JSON_TEXT};
 use crate::model::{Backend, ModelError};
 use crate::rows::{FieldKind, RequestSchema};
@@ -131,26 +131,6 @@ impl OutputColumns {
     }
 }
 
-fn arrays_and_names(dt: &DataType, arrays: &mut usize, names: &mut usize) {
-    match dt {
-        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
-            field_counts(f, arrays, names)
-        }
-        DataType::Struct(fs) => fs.iter().for_each(|f| field_counts(f, arrays, names)),
-        _ => {}
-    }
-}
-
-fn field_counts(f: &Field, arrays: &mut usize, names: &mut usize) {
-    *arrays += 1;
-    *names += f.name().len()
-        + f.metadata()
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 16)
-            .sum::<usize>();
-    arrays_and_names(f.data_type(), arrays, names);
-}
-
 /// An upper bound of the IPC stream size of an output object of `schema`
 /// with `rows` rows whose values take `data_bytes` (4 bytes an f32, a
 /// string's bytes, JSON text's bytes): headers, offsets, validity bitmaps,
@@ -158,7 +138,9 @@ fn field_counts(f: &Field, arrays: &mut usize, names: &mut usize) {
 pub fn output_bound(schema: &Schema, rows: usize, data_bytes: usize) -> usize {
     let (mut arrays, mut names) = (0, 0);
     for f in schema.fields() {
-        field_counts(f, &mut arrays, &mut names);
+        let (a, n) = nested_arrays(f.data_type());
+        arrays += 1 + a;
+        names += name_bytes(f) + n;
     }
     let headers = 1024 + arrays * 256 + 2 * names;
     // Per array: up to three buffers padded to 64 bytes, offsets, validity.
