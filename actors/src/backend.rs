@@ -25,7 +25,6 @@ use crate::messages::{Compute, Computed, LoadModel, Poisoned};
 use crate::model::{Backend, Model, ModelError};
 use crate::progress::Progress;
 use crate::results::{encode_output, OutputColumns, ResultWriter};
-use crate::rows::RequestSchema;
 
 /// One model shared by every worker of a tasks-mode pool, loaded on first
 /// use. A host may keep one and hand it to several runs of the same backend.
@@ -77,7 +76,6 @@ enum Slot {
 /// An actor holding (or sharing) one loaded model.
 pub struct BackendActor {
     backend: Arc<dyn Backend>,
-    schema: RequestSchema,
     device: Device,
     slot: Slot,
     progress: Arc<Progress>,
@@ -109,7 +107,6 @@ impl BackendActor {
         progress: Arc<Progress>,
     ) -> Self {
         BackendActor {
-            schema: backend.schema(),
             columns: OutputColumns::new(backend.as_ref(), &[], None),
             backend,
             device,
@@ -124,7 +121,6 @@ impl BackendActor {
     /// is left out). The Source must encode the same extended request
     /// schema ([`OutputColumns::request`]).
     pub fn with_columns(mut self, columns: OutputColumns) -> Self {
-        self.schema = columns.request.clone();
         self.columns = columns;
         self
     }
@@ -148,7 +144,7 @@ impl BackendActor {
 
     fn compute(&self, msg: &Compute) -> Result<Computation, ModelError> {
         let model = self.model()?;
-        let batch = RequestBatch::decode(&msg.input, &self.schema)
+        let batch = RequestBatch::decode(&msg.input, &self.columns.request)
             .map_err(|e| ModelError::new(format!("internal: cannot decode batch: {e}")))?
             .with_input_key(self.input_key.clone());
         let cols = &self.columns;
@@ -280,7 +276,7 @@ impl Handler<Compute> for BackendActor {
 mod tests {
     use super::*;
     use crate::batch::{encode_input, input_bound};
-    use crate::rows::parse_row;
+    use crate::rows::{parse_row, RequestSchema};
     use crate::store::{ObjectRef, ObjectStore};
 
     /// Fails any call whose batch holds a text in `bad`.
