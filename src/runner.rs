@@ -202,28 +202,15 @@ impl Job {
                 path: config_path.to_path_buf(),
                 problems,
             })?;
-        let taken: Vec<String> = backend
-            .output_schema()
-            .map(|s| s.fields().iter().map(|f| f.name().clone()).collect())
-            .unwrap_or_default();
-        if let Some(n) = config.output.passthrough.iter().find(|n| taken.contains(n)) {
-            return Err(ConfigErrors {
-                path: config_path.to_path_buf(),
-                problems: vec![crate::config::ConfigProblem::new(
-                    "output.passthrough",
-                    format!(
-                        "{n:?} is a key of the {} backend's results already",
-                        config.model.backend
-                    ),
-                )],
-            }
-            .into());
-        }
-        Ok(Job {
+        let job = Job {
             config,
             config_path: config_path.to_path_buf(),
             backend,
-        })
+        };
+        // A name both passed through and in the backend's declared results
+        // (checked again with a table's columns when the input is read).
+        job.output_columns(None)?;
+        Ok(job)
     }
 
     /// The config.
@@ -256,7 +243,7 @@ impl Job {
                 problems: vec![crate::config::ConfigProblem::new(
                     "output.passthrough",
                     format!(
-                        "{n:?} is a column of the {} backend's results already",
+                        "{n:?} is a key of the {} backend's results already",
                         self.config.model.backend
                     ),
                 )],
