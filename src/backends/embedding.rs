@@ -798,11 +798,12 @@ pub(crate) fn vector_type(dim: usize) -> DataType {
 }
 
 /// `vectors` (each `dim` long) as one column of [`vector_type`].
-pub(crate) fn vector_column(
-    vectors: &[Vec<f32>],
+pub(crate) fn vector_column<'a>(
+    vectors: impl IntoIterator<Item = &'a Vec<f32>>,
     dim: usize,
 ) -> Result<FixedSizeListArray, ModelError> {
-    let mut flat = Vec::with_capacity(vectors.len() * dim);
+    let vectors = vectors.into_iter();
+    let mut flat = Vec::with_capacity(vectors.size_hint().0 * dim);
     for v in vectors {
         flat.extend_from_slice(v);
     }

@@ -106,10 +106,10 @@ pub fn response_columns(
     dim: usize,
 ) -> Result<Vec<ArrayRef>, ModelError> {
     let n = ids.len();
-    let flat: Vec<Vec<f32>> = vectors.iter().flatten().cloned().collect();
     let item = Arc::new(Field::new("item", vector_type(dim), false));
     let offsets = OffsetBuffer::from_lengths(vectors.iter().map(Vec::len));
-    let lists = ListArray::try_new(item, offsets, Arc::new(vector_column(&flat, dim)?), None)
+    let flat = vector_column(vectors.iter().flatten(), dim)?;
+    let lists = ListArray::try_new(item, offsets, Arc::new(flat), None)
         .map_err(|e| ModelError::new(format!("internal: {e}")))?;
     Ok(vec![
         Arc::new(StringArray::from(ids)),
