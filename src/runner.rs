@@ -482,7 +482,7 @@ impl Job {
         let sink_cfg = SinkConfig {
             dir: cfg.output.path.clone(),
             preserve_order: cfg.output.preserve_order,
-            todo: todo.clone(),
+            todo,
             done_shards: resume.done_shards.clone(),
             stream: None,
             format: cfg.output.format.0,
@@ -548,7 +548,7 @@ impl Job {
         let sink_cfg = SinkConfig {
             dir: PathBuf::new(),
             preserve_order: self.config.output.preserve_order,
-            todo: todo.clone(),
+            todo,
             done_shards: Default::default(),
             stream: Some(results),
             format: self.config.output.format.0,
