@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== model (scripts/fetch-model.sh)"
 scripts/fetch-model.sh
-echo "== pyarrow for tests/formats.rs (scripts/pyarrow-env.sh: pip install pyarrow into .venv-arrow)"
+echo "== pyarrow and openai for tests/formats.rs, tests/openai.rs (scripts/pyarrow-env.sh: pip install into .venv-arrow)"
 scripts/pyarrow-env.sh
 echo "== Slurm and munge for tests/slurm.rs (scripts/slurm-cluster.sh install: Debian packages, as root)"
 scripts/slurm-cluster.sh install

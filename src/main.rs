@@ -195,6 +195,7 @@ fn validate(registry: &BackendRegistry, path: &Path) -> ExitCode {
             let e = RunError::InvalidInput {
                 errors: v.errors,
                 count: v.error_count,
+                skippable: job.bad_rows_skippable(),
             };
             fail(&e.to_string(), EXIT_BAD_INPUT)
         }

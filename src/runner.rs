@@ -49,12 +49,15 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigErrors),
     /// Rows are bad and on_error = "fail".
-    #[error("{}", invalid_input_message(.errors, *.count))]
+    #[error("{}", invalid_input_message(.errors, *.count, *.skippable))]
     InvalidInput {
         /// The first bad rows.
         errors: Vec<RowError>,
         /// How many in all.
         count: u64,
+        /// Whether `on_error = "skip"` would go on past them (not past a
+        /// repeated unique value).
+        skippable: bool,
     },
     /// The input holds no row.
     #[error("{}: the input has no rows (the file is empty or only blank lines)", .path.display())]
@@ -128,7 +131,7 @@ pub enum RunError {
     Pipeline(#[from] PipelineError),
 }
 
-fn invalid_input_message(errors: &[RowError], count: u64) -> String {
+fn invalid_input_message(errors: &[RowError], count: u64, skippable: bool) -> String {
     let mut s: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
     if count > errors.len() as u64 {
         s.push(format!(
@@ -136,10 +139,14 @@ fn invalid_input_message(errors: &[RowError], count: u64) -> String {
             count - errors.len() as u64
         ));
     }
-    s.push(format!(
-        "{count} bad row{} (set batch.on_error = \"skip\" to write them to {ERRORS} and go on)",
-        if count == 1 { "" } else { "s" }
-    ));
+    let plural = if count == 1 { "" } else { "s" };
+    s.push(if skippable {
+        format!(
+            "{count} bad row{plural} (set batch.on_error = \"skip\" to write them to {ERRORS} and go on)"
+        )
+    } else {
+        format!("{count} bad row{plural}: fix the input (these cannot be skipped)")
+    });
     s.join("\n")
 }
 
@@ -306,14 +313,33 @@ impl Job {
             .collect()
     }
 
-    /// Opens the input in its format.
+    /// Opens the input in its format (JSON Lines only, where the backend's
+    /// schema answers every line or needs a value unique per line).
     fn open_input(&self) -> Result<Input, RunError> {
         let i = &self.config.input;
-        Ok(Input::open(
-            &i.path,
-            i.format.map(|f| f.0),
-            i.columns.as_deref(),
-        )?)
+        let input = Input::open(&i.path, i.format.map(|f| f.0), i.columns.as_deref())?;
+        if matches!(input, Input::Table(_)) && self.backend.schema().needs_lines() {
+            return Err(ConfigErrors {
+                path: self.config_path.clone(),
+                problems: vec![crate::config::ConfigProblem::new(
+                    "input.path",
+                    format!(
+                        "{} is a table (Parquet or Arrow); this backend's schema reads JSON \
+                         Lines (plain, .gz or .zst), one request per line",
+                        i.path.display()
+                    ),
+                )],
+            }
+            .into());
+        }
+        Ok(input)
+    }
+
+    /// Whether `on_error = "skip"` goes on past the bad rows that
+    /// [`Job::validate`] finds (not where every line is answered, and only
+    /// a repeated unique value is refused).
+    pub fn bad_rows_skippable(&self) -> bool {
+        !self.backend.schema().needs_lines()
     }
 
     /// Checks every input row against the backend's schema; loads no model.
@@ -434,7 +460,8 @@ impl Job {
         let pass_types = self.passthrough_types(&input)?;
         let columns = self.output_columns(Some(&input))?;
         let (schema2, limits) = (self.source_schema(), self.limits());
-        let check = cfg.batch.on_error == OnError::Fail;
+        // A value that must be unique per row is checked whatever on_error.
+        let check = cfg.batch.on_error == OnError::Fail || schema2.unique.is_some();
         let (input, rows_total) = off_thread(move || {
             let rows = count_rows(&input, &schema2, &limits, check);
             (input, rows)
@@ -826,6 +853,7 @@ fn count_rows(
             return Err(RunError::InvalidInput {
                 errors: v.errors,
                 count: v.error_count,
+                skippable: !schema.needs_lines(),
             });
         }
         return Ok(v.rows);

@@ -95,5 +95,6 @@ fn schema() -> RequestSchema {
             },
         ],
         keep_raw: true,
+        ..RequestSchema::default()
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! - An input batch: `_row` (u64, row number), `_line` (u64, 1-based line),
 //!   one Utf8 column per schema field (strings decoded, JSON values as text),
-//!   and `_raw` (the row's JSON text) when the schema keeps it.
+//!   `_raw` (the row's JSON text) when the schema keeps it, and `_problem`
+//!   (why the line could not be read; null on good rows) when the schema
+//!   answers bad rows.
 //! - An output batch: see [`crate::results`].
 //!
 //! Decoding reads the arrays in place from the store's mapping: each array
@@ -25,6 +27,7 @@ use crate::store::{Holder, ObjectRef, Reservation};
 const ROW: &str = "_row";
 const LINE: &str = "_line";
 const RAW: &str = "_raw";
+const PROBLEM: &str = "_problem";
 
 /// The Arrow schema of input batches for a request schema.
 pub fn input_schema(schema: &RequestSchema) -> SchemaRef {
@@ -37,6 +40,9 @@ pub fn input_schema(schema: &RequestSchema) -> SchemaRef {
     }
     if schema.keep_raw {
         fields.push(Field::new(RAW, DataType::Utf8, false));
+    }
+    if schema.answer_bad_rows {
+        fields.push(Field::new(PROBLEM, DataType::Utf8, true));
     }
     Arc::new(Schema::new(fields))
 }
@@ -99,8 +105,10 @@ pub fn input_bound(schema: &RequestSchema, rows: usize, line_bytes: usize) -> us
     // Decoded strings are never longer than their JSON text, so the fields
     // together take at most the line's bytes, and `_raw` that again.
     let copies = usize::from(!schema.fields.is_empty()) + usize::from(schema.keep_raw);
-    let str_cols = schema.fields.len() + usize::from(schema.keep_raw);
-    ipc_bound(rows, 2, str_cols, copies * line_bytes)
+    let answered = usize::from(schema.answer_bad_rows);
+    let str_cols = schema.fields.len() + usize::from(schema.keep_raw) + answered;
+    let problems = answered * rows * crate::rows::PROBLEM_BYTES;
+    ipc_bound(rows, 2, str_cols, copies * line_bytes + problems)
 }
 
 fn options() -> Result<IpcWriteOptions, ArrowError> {
@@ -131,6 +139,7 @@ pub fn encode_input(
     let mut fields: Vec<StringBuilder> =
         schema.fields.iter().map(|_| StringBuilder::new()).collect();
     let mut raw = StringBuilder::new();
+    let mut problems = StringBuilder::new();
     for (row, line, parsed) in rows {
         row_col.append_value(*row);
         line_col.append_value(*line);
@@ -140,11 +149,15 @@ pub fn encode_input(
         if schema.keep_raw {
             raw.append_value(parsed.raw);
         }
+        problems.append_option(parsed.problem.as_deref());
     }
     let mut cols: Vec<ArrayRef> = vec![Arc::new(row_col.finish()), Arc::new(line_col.finish())];
     cols.extend(fields.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
     if schema.keep_raw {
         cols.push(Arc::new(raw.finish()));
+    }
+    if schema.answer_bad_rows {
+        cols.push(Arc::new(problems.finish()));
     }
     let batch = RecordBatch::try_new(input_schema(schema), cols)?;
     write_object(&batch, reservation, Holder::Source)
@@ -172,6 +185,9 @@ pub fn encode_columns(
             *last = Arc::new(Field::new(RAW, raw.data_type().clone(), false));
         }
         cols.push(raw);
+    }
+    if schema.answer_bad_rows {
+        cols.push(arrow_array::new_null_array(&DataType::Utf8, cols[0].len()));
     }
     let batch = RecordBatch::try_new(Arc::new(Schema::new(columns)), cols)?;
     write_object(&batch, reservation, Holder::Source)
@@ -211,6 +227,7 @@ pub struct RequestBatch {
     lines: UInt64Array,
     fields: Vec<StringArray>,
     raw: Option<ArrayRef>,
+    problems: Option<StringArray>,
     input_key: Arc<str>,
 }
 
@@ -234,6 +251,11 @@ impl RequestBatch {
                         .cloned()
                         .ok_or_else(|| ArrowError::SchemaError(format!("column {RAW} missing")))?,
                 )
+            } else {
+                None
+            },
+            problems: if schema.answer_bad_rows {
+                Some(str_col(&batch, PROBLEM)?)
             } else {
                 None
             },
@@ -262,6 +284,7 @@ impl RequestBatch {
             lines: self.lines.slice(start, len),
             fields: self.fields.iter().map(s).collect(),
             raw: self.raw.as_ref().map(|a| a.slice(start, len)),
+            problems: self.problems.as_ref().map(s),
             input_key: self.input_key.clone(),
         }
     }
@@ -310,6 +333,13 @@ impl RequestBatch {
         Some(raw.value(i))
     }
 
+    /// Why row `i`'s line could not be read, where the schema answers bad
+    /// rows and it could not (its fields are all absent then).
+    pub fn problem(&self, i: usize) -> Option<&str> {
+        let p = self.problems.as_ref()?;
+        p.is_valid(i).then(|| p.value(i))
+    }
+
     /// The rows' columns, typed, when the schema keeps whole rows and they
     /// came from a table (Parquet, Arrow).
     pub fn raw_columns(&self) -> Option<&StructArray> {
@@ -341,6 +371,7 @@ mod tests {
                 required: false,
             }],
             keep_raw,
+            ..RequestSchema::default()
         }
     }
 
@@ -379,5 +410,35 @@ mod tests {
             }
         }
         assert_eq!(store.stats().objects, 0);
+    }
+
+    #[test]
+    fn answered_bad_rows_carry_their_problem_within_the_bound() {
+        use crate::rows::{ParsedRow, RowProblem};
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let s = RequestSchema {
+            answer_bad_rows: true,
+            ..schema(false)
+        };
+        let long = RowProblem {
+            column: Some(3),
+            message: "é".repeat(1000),
+        };
+        let rows = vec![
+            (0, 1, parse_row(br#"{"text":"a"}"#, &s).unwrap()),
+            (1, 2, ParsedRow::answered(&s, 2, long)),
+        ];
+        let bound = input_bound(&s, rows.len(), 12 + 2);
+        let obj = encode_input(&s, &rows, store.try_reserve(bound).unwrap().unwrap()).unwrap();
+        assert!(obj.len() <= bound);
+        let batch = RequestBatch::decode(&obj, &s).unwrap();
+        assert_eq!((batch.field(0, 0), batch.problem(0)), (Some("a"), None));
+        let p = batch.problem(1).unwrap();
+        assert!(
+            p.starts_with("line 2, column 3: éé") && p.ends_with('…'),
+            "{p}"
+        );
+        assert!(p.len() <= crate::rows::PROBLEM_BYTES);
+        assert_eq!(batch.field(0, 1), None);
     }
 }

@@ -11,7 +11,8 @@
 //!     any other type        → as arrow-json writes it (f64, dates, structs,
 //!                             lists of strings: a table's row as pyarrow
 //!                             and arrow-json write it)
-//!     null                  → the key is left out (a list item: null)
+//!     null                  → the key is left out (a list item: null), or
+//!                             `null` where the field says [`NULLS`]
 //! ```
 //!
 //! A column's field metadata says how its values are written:
@@ -19,7 +20,8 @@
 //! whole object whose members join the row's), [`PYTHON`] (Python's
 //! `json.dumps` defaults: `", "` and `": "`, `\uXXXX` for non-ASCII, floats
 //! as `repr` of their f64 value; sheaf-serve's lines), [`JSONL_ONLY`] (left
-//! out of Parquet and Arrow parts).
+//! out of Parquet and Arrow parts), [`NULLS`] (a null is written as `null`,
+//! the key kept: formats whose keys are always there).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -48,6 +50,11 @@ pub const STYLE: &str = "stook.style";
 pub const PYTHON: &str = "python";
 /// Field metadata key: `"true"` leaves the column out of table parts.
 pub const JSONL_ONLY: &str = "stook.jsonl_only";
+/// Field metadata key: `"write"` writes a null as `key: null` instead of
+/// leaving the key out.
+pub const NULLS: &str = "stook.nulls";
+/// The value of [`NULLS`] that writes them.
+pub const WRITE: &str = "write";
 
 /// `field` with `key = value` in its metadata.
 pub fn with_meta(field: Field, key: &str, value: &str) -> Field {
@@ -117,9 +124,9 @@ fn written_here(dt: &DataType) -> bool {
 
 /// Writes the rows of record batches as JSON Lines.
 pub struct LineEncoder {
-    /// (index, `"key":` in the column's style, style, kind) of each column
-    /// written.
-    columns: Vec<(usize, String, Style, Kind)>,
+    /// (index, `"key":` in the column's style, style, kind, whether a null
+    /// is written) of each column written.
+    columns: Vec<(usize, String, Style, Kind, bool)>,
     /// How arrow-json writes the columns given to it: nulls left out.
     options: EncoderOptions,
 }
@@ -144,7 +151,7 @@ impl LineEncoder {
                     _ if style == Style::Compact && !written_here(f.data_type()) => Kind::Arrow,
                     _ => Kind::Value,
                 };
-                (i, key, style, kind)
+                (i, key, style, kind, meta(f, NULLS) == Some(WRITE))
             })
             .collect();
         LineEncoder {
@@ -158,7 +165,7 @@ impl LineEncoder {
         let options = &self.options;
         self.columns
             .iter()
-            .map(|(c, _, _, kind)| match kind {
+            .map(|(c, _, _, kind, _)| match kind {
                 Kind::Arrow => {
                     let field = &batch.schema_ref().fields()[*c];
                     make_encoder(field, batch.column(*c).as_ref(), options).ok()
@@ -209,9 +216,10 @@ impl LineEncoder {
         let mut last: Option<Style> = None;
         let mut object_tail = None;
         out.push('{');
-        for ((c, key, style, kind), enc) in self.columns.iter().zip(encoders.iter_mut()) {
+        for ((c, key, style, kind, nulls), enc) in self.columns.iter().zip(encoders.iter_mut()) {
             let col = batch.column(*c);
-            if col.is_null(i) {
+            let null = col.is_null(i);
+            if null && (!nulls || matches!(kind, Kind::Object)) {
                 continue;
             }
             if let Kind::Object = kind {
@@ -227,6 +235,10 @@ impl LineEncoder {
             }
             last = Some(*style);
             out.push_str(key);
+            if null {
+                out.push_str("null");
+                continue;
+            }
             match (kind, enc) {
                 (Kind::Text, _) => out.push_str(col.as_string::<i32>().value(i)),
                 (Kind::Arrow, Some(enc)) => {
@@ -709,6 +721,28 @@ mod tests {
         out.clear();
         LineEncoder::new(&schema, false).write_row(&batch, 1, &mut out);
         assert_eq!(out, "{\"id\":3,\"n\":-2}\n");
+    }
+
+    #[test]
+    fn fields_that_write_nulls_keep_their_keys() {
+        let text = with_meta(Field::new("r", DataType::Utf8, true), ENCODING, JSON_TEXT);
+        let schema = Schema::new(vec![
+            with_meta(Field::new("c", DataType::Utf8, true), NULLS, WRITE),
+            with_meta(text, NULLS, WRITE),
+            Field::new("e", DataType::Utf8, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema.clone()),
+            vec![
+                Arc::new(StringArray::from(vec![None, Some("x")])),
+                Arc::new(StringArray::from(vec![None, Some("{}")])),
+                Arc::new(StringArray::from(vec![None::<&str>, None])),
+            ],
+        )
+        .unwrap();
+        let mut out = String::new();
+        LineEncoder::new(&schema, false).write_batch(&batch, &mut out);
+        assert_eq!(out, "{\"c\":null,\"r\":null}\n{\"c\":\"x\",\"r\":{}}\n");
     }
 
     #[test]

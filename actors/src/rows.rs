@@ -25,12 +25,23 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// What a backend requires of each row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RequestSchema {
     /// Fields the backend reads, in column order.
     pub fields: Vec<FieldSpec>,
     /// Whether the backend needs the whole row's JSON text as well.
     pub keep_raw: bool,
+    /// Every line is a request the backend answers, a bad one too: a line
+    /// that cannot be read (not JSON, not UTF-8, too long, a field of the
+    /// wrong type) reaches the backend as a row with no values and its
+    /// problem ([`ParsedRow::problem`]), instead of being refused or
+    /// skipped. JSON Lines input only.
+    pub answer_bad_rows: bool,
+    /// A field whose value must differ on every row (`custom_id`): the
+    /// whole input is checked before the run, whatever `on_error` says,
+    /// and a repeated value is refused naming both lines. JSON Lines input
+    /// only; not checked for rows fed from memory.
+    pub unique: Option<usize>,
 }
 
 /// One field a backend reads from each row.
@@ -93,8 +104,15 @@ impl RequestSchema {
                     required: false,
                 },
             ],
-            keep_raw: false,
+            ..RequestSchema::default()
         }
+    }
+
+    /// Whether the checks before the run need every row of a file read
+    /// through in a way only JSON Lines allows (answered bad rows, unique
+    /// values).
+    pub fn needs_lines(&self) -> bool {
+        self.answer_bad_rows || self.unique.is_some()
     }
 
     /// This schema with the fields `names` as well (optional, any value;
@@ -121,9 +139,11 @@ impl RequestSchema {
         (s, idx)
     }
 
-    /// Whether a field is a list (results may grow with its length).
+    /// Whether results may grow with the strings in a row: a field is a
+    /// list of strings, or the backend answers whole requests (whose JSON
+    /// values may hold lists). The Source counts `"`s then.
     pub fn has_lists(&self) -> bool {
-        self.fields.iter().any(|f| f.kind == FieldKind::StringList)
+        self.answer_bad_rows || self.fields.iter().any(|f| f.kind == FieldKind::StringList)
     }
 
     /// One line per field, for `stook backends`.
@@ -161,6 +181,36 @@ pub struct ParsedRow<'a> {
     pub values: Vec<Option<Cow<'a, str>>>,
     /// The row's JSON text without surrounding whitespace.
     pub raw: &'a str,
+    /// Why the line could not be read, where the schema answers bad rows
+    /// (`values` are all `None` then, and `raw` empty).
+    pub problem: Option<String>,
+}
+
+/// The longest problem text an answered bad row carries, in bytes.
+pub const PROBLEM_BYTES: usize = 512;
+
+impl ParsedRow<'_> {
+    /// A bad line answered instead of refused: no values, and its problem
+    /// (where it is, and what), at most [`PROBLEM_BYTES`] long.
+    pub fn answered(schema: &RequestSchema, line: u64, p: RowProblem) -> Self {
+        let mut text = match p.column {
+            Some(c) => format!("line {line}, column {c}: {}", p.message),
+            None => format!("line {line}: {}", p.message),
+        };
+        if text.len() > PROBLEM_BYTES {
+            let mut end = PROBLEM_BYTES - 3;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        ParsedRow {
+            values: vec![None; schema.fields.len()],
+            raw: "",
+            problem: Some(text),
+        }
+    }
 }
 
 /// Why one line was refused, without its location.
@@ -351,6 +401,7 @@ pub fn parse_row<'a>(line: &'a [u8], schema: &RequestSchema) -> Result<ParsedRow
     Ok(ParsedRow {
         values: out,
         raw: text.trim_matches(|c| matches!(c, ' ' | '\t' | '\r' | '\n')),
+        problem: None,
     })
 }
 
@@ -517,7 +568,7 @@ mod tests {
                     required: false,
                 },
             ],
-            keep_raw: false,
+            ..RequestSchema::default()
         }
     }
 
@@ -584,7 +635,7 @@ mod tests {
                 field("type", FieldKind::Literal("embedding"), true),
                 field("images", FieldKind::Refused("no images"), false),
             ],
-            keep_raw: false,
+            ..RequestSchema::default()
         };
         let ok = parse_row(
             br#"{"texts": ["a", "\u00e9"], "flag": false, "type": "embedding", "images": null}"#,

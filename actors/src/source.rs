@@ -22,7 +22,7 @@ use arrow_array::ArrayRef;
 
 use crate::batch::{encode_columns, encode_input};
 use crate::error::PipelineError;
-use crate::input::jsonl::{check_row, row_error, too_long};
+use crate::input::jsonl::{read_row, row_error};
 use crate::input::stream::StreamLines;
 use crate::input::table::{Chunk, TableReader};
 use crate::input::{Input, InputFile, TableFile};
@@ -325,10 +325,11 @@ impl Source {
             if line.is_blank() {
                 continue;
             }
-            let checked = match long.iter().find(|(n, _)| *n == line.number) {
-                Some(&(_, len)) => Err(too_long(len, &self.cfg.limits)),
-                None => check_row(&line, &self.cfg.schema, &self.cfg.limits),
+            let len = match long.iter().find(|(n, _)| *n == line.number) {
+                Some(&(_, len)) => len,
+                None => line.bytes.len(),
             };
+            let checked = read_row(&line, len, &self.cfg.schema, &self.cfg.limits);
             match checked {
                 Ok(parsed) => good.push((row, line.number, parsed)),
                 Err(p) => {

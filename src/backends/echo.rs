@@ -29,6 +29,7 @@ impl Backend for Echo {
         RequestSchema {
             fields: Vec::new(),
             keep_raw: true,
+            ..RequestSchema::default()
         }
     }
 

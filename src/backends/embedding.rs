@@ -30,7 +30,7 @@ use tokenizers::{Encoding, Tokenizer, TruncationDirection, TruncationParams, Tru
 
 use super::bert::Bert;
 use super::cpu_bert::{CpuBert, CpuWeights};
-use super::sheaf;
+use super::{openai, sheaf};
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
 
@@ -67,7 +67,7 @@ pub struct EmbeddingOptions {
     /// `bf16` (GPUs; vectors are pooled and written as f32 either way).
     #[serde(default)]
     pub dtype: Precision,
-    /// The request and response shapes: `text` or `sheaf`.
+    /// The request and response shapes: `text`, `sheaf` or `openai`.
     #[serde(default)]
     pub schema: Schema,
     /// CPU threads per model; by default the cores divided among the
@@ -102,6 +102,8 @@ pub enum Schema {
     Text,
     /// sheaf-serve's EmbeddingRequest → EmbeddingResponse lines.
     Sheaf,
+    /// The OpenAI Batch API's request → output lines (`/v1/embeddings`).
+    Openai,
 }
 
 /// `[model.options] dtype`.
@@ -362,6 +364,7 @@ impl Backend for Embedding {
         match self.opts.schema {
             Schema::Text => RequestSchema::text_with_id(&self.opts.text_field, &self.opts.id_field),
             Schema::Sheaf => sheaf::schema(),
+            Schema::Openai => openai::schema(),
         }
     }
 
@@ -383,6 +386,7 @@ impl Backend for Embedding {
                 let texts = quotes.saturating_sub(10 * rows) / 2;
                 rows * 64 + input_bytes + texts * vector
             }
+            Schema::Openai => openai::bound(rows, input_bytes, quotes, self.folder.dim),
         }
     }
 
@@ -390,6 +394,7 @@ impl Backend for Embedding {
         Some(match self.opts.schema {
             Schema::Text => text_columns(self.folder.dim),
             Schema::Sheaf => sheaf::columns(self.folder.dim),
+            Schema::Openai => openai::columns(),
         })
     }
 
@@ -566,13 +571,14 @@ impl EmbeddingModel {
         &self,
         texts: &[&str],
         out: &mut ResultWriter,
-    ) -> Result<Vec<Vec<f32>>, ModelError> {
+    ) -> Result<(Vec<Vec<f32>>, Vec<usize>), ModelError> {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let estimate: Vec<usize> = order.iter().map(|&i| texts[i].len() / 4 + 2).collect();
         let groups = passes(&estimate, self.micro, self.pads());
         let order = &order;
         let mut vectors = vec![Vec::new(); texts.len()];
+        let mut tokens = vec![0; texts.len()];
         let mut cut = 0;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -593,6 +599,9 @@ impl EmbeddingModel {
                     .iter()
                     .filter(|e| !e.get_overflowing().is_empty())
                     .count();
+                for (&i, e) in order[g.clone()].iter().zip(&encodings) {
+                    tokens[i] = e.get_ids().len();
+                }
                 for (&i, v) in order[g].iter().zip(self.embed_encoded(&encodings)?) {
                     vectors[i] = v;
                 }
@@ -600,7 +609,7 @@ impl EmbeddingModel {
             Ok::<_, ModelError>(())
         })?;
         out.count("texts_truncated", cut as u64);
-        Ok(vectors)
+        Ok((vectors, tokens))
     }
 
     /// Whether passes are padded to their longest text (candle's padded
@@ -767,6 +776,7 @@ impl Model for EmbeddingModel {
         match self.schema {
             Schema::Text => self.predict_text(batch, out),
             Schema::Sheaf => self.predict_sheaf(batch, out),
+            Schema::Openai => self.predict_openai(batch, out),
         }
     }
 }
@@ -900,7 +910,7 @@ impl EmbeddingModel {
         let texts: Vec<&str> = (0..batch.len())
             .map(|i| batch.field(0, i).unwrap_or_default())
             .collect();
-        let vectors = self.embed_counting(&texts, out)?;
+        let (vectors, _) = self.embed_counting(&texts, out)?;
         if let Some((i, bad)) = non_finite(&vectors) {
             return Err(ModelError::for_row(
                 batch.row(i),
@@ -929,7 +939,7 @@ impl EmbeddingModel {
             lists.push(texts);
         }
         let flat: Vec<&str> = lists.iter().flatten().map(String::as_str).collect();
-        let vectors = self.embed_counting(&flat, out)?;
+        let (vectors, _) = self.embed_counting(&flat, out)?;
         let mut rows_vectors = Vec::with_capacity(batch.len());
         let mut it = vectors.into_iter();
         for (i, texts) in lists.iter().enumerate() {
@@ -960,6 +970,55 @@ impl EmbeddingModel {
         let columns =
             sheaf::response_columns(ids, names.collect(), &rows_vectors, self.folder.dim)?;
         out.append(batch.rows(), columns)
+    }
+
+    /// OpenAI Batch lines: every text of every request in one sorted run
+    /// through the model, then one output line per row, a refused or
+    /// unreadable one too.
+    fn predict_openai(
+        &self,
+        batch: &RequestBatch,
+        out: &mut ResultWriter,
+    ) -> Result<(), ModelError> {
+        let dim = self.folder.dim;
+        let requests: Vec<_> = (0..batch.len())
+            .map(|i| {
+                batch
+                    .problem(i)
+                    .is_none()
+                    .then(|| openai::request(batch, i, dim))
+            })
+            .collect();
+        let flat: Vec<&str> = requests
+            .iter()
+            .flatten()
+            .flatten()
+            .flat_map(|r| r.texts.iter().map(String::as_str))
+            .collect();
+        let (vectors, tokens) = if flat.is_empty() {
+            Default::default()
+        } else {
+            self.embed_counting(&flat, out)?
+        };
+        let mut lines = openai::Lines::default();
+        let mut at = 0;
+        for (i, request) in requests.iter().enumerate() {
+            match request {
+                None => lines.unreadable(batch, i, batch.problem(i).unwrap_or_default()),
+                Some(Err(why)) => lines.refuse(batch, i, why),
+                Some(Ok(req)) => {
+                    let span = at..at + req.texts.len();
+                    at = span.end;
+                    let vs = &vectors[span.clone()];
+                    match non_finite(vs) {
+                        Some((_, bad)) => lines.fail(batch, i, format!("the model produced {bad}")),
+                        None => lines.answer(batch, i, req, vs, tokens[span].iter().sum()),
+                    }
+                }
+            }
+        }
+        out.count("error_lines", lines.failed);
+        out.append(batch.rows(), lines.finish())
     }
 }
 

@@ -5,6 +5,7 @@ mod cpu_bert;
 pub mod echo;
 pub mod embedding;
 mod kernels;
+mod openai;
 pub(crate) mod packed;
 mod sheaf;
 pub mod synthetic;

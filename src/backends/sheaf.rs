@@ -49,7 +49,7 @@ pub fn schema() -> RequestSchema {
                 false,
             ),
         ],
-        keep_raw: false,
+        ..RequestSchema::default()
     }
 }
 

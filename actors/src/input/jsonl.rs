@@ -162,7 +162,7 @@ impl InputFile {
                 v.blank_lines += 1;
                 continue;
             }
-            if let Err(e) = check_row(&line, schema, limits) {
+            if let Err(e) = read_row(&line, line.bytes.len(), schema, limits) {
                 v.error_count += 1;
                 if v.errors.len() < keep {
                     v.errors.push(row_error(&self.shown, &line, v.rows, e));
@@ -217,19 +217,29 @@ pub struct RowLimits {
     pub max_line_bytes: usize,
 }
 
-pub(crate) fn check_row<'a>(
+/// A line read as a row: checked against the limits (`len` is its full
+/// length, which may be more than the bytes held) and parsed against the
+/// schema. Where the schema answers bad rows, a bad line is a row that
+/// carries its problem instead of an error.
+pub(crate) fn read_row<'a>(
     line: &Line<'a>,
+    len: usize,
     schema: &RequestSchema,
     limits: &RowLimits,
 ) -> Result<ParsedRow<'a>, RowProblem> {
-    if line.bytes.len() > limits.max_line_bytes {
-        return Err(too_long(line.bytes.len(), limits));
+    let read = if len > limits.max_line_bytes {
+        Err(too_long(len, limits))
+    } else {
+        parse_row(line.bytes, schema)
+    };
+    match read {
+        Err(p) if schema.answer_bad_rows => Ok(ParsedRow::answered(schema, line.number, p)),
+        r => r,
     }
-    parse_row(line.bytes, schema)
 }
 
 /// A line of `len` bytes, over the limit.
-pub(crate) fn too_long(len: usize, limits: &RowLimits) -> RowProblem {
+fn too_long(len: usize, limits: &RowLimits) -> RowProblem {
     RowProblem {
         column: None,
         message: format!(

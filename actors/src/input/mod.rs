@@ -13,6 +13,7 @@
 pub mod jsonl;
 pub mod stream;
 pub mod table;
+mod unique;
 
 use std::path::Path;
 
@@ -128,7 +129,8 @@ impl Input {
         }
     }
 
-    /// Checks every row, keeping at most `keep` errors (all are counted).
+    /// Checks every row, and that the schema's unique field repeats on
+    /// none, keeping at most `keep` errors (all are counted).
     pub fn validate(
         &self,
         schema: &RequestSchema,
@@ -136,11 +138,19 @@ impl Input {
         threads: usize,
         keep: usize,
     ) -> Result<Validation, PipelineError> {
-        match self {
-            Input::Mapped(f) => Ok(f.validate(schema, limits, threads, keep)),
-            Input::Stream(f) => f.validate(schema, limits, keep),
-            Input::Table(f) => f.validate(schema, limits, keep),
+        let mut v = match self {
+            Input::Mapped(f) => f.validate(schema, limits, threads, keep),
+            Input::Stream(f) => f.validate(schema, limits, keep)?,
+            Input::Table(f) => f.validate(schema, limits, keep)?,
+        };
+        let (count, repeats) = unique::repeats(self, schema, limits, keep)?;
+        if count > 0 {
+            v.error_count += count;
+            v.errors.extend(repeats);
+            v.errors.sort_by_key(|e| e.row);
+            v.errors.truncate(keep);
         }
+        Ok(v)
     }
 
     /// Rows in the input, counted without checking them (a table's from

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::PipelineError;
-use crate::input::jsonl::{check_row, row_error, too_long, RowLimits, Validation};
+use crate::input::jsonl::{read_row, row_error, RowLimits, Validation};
 use crate::input::InputFormat;
 use crate::rows::{Line, RequestSchema};
 
@@ -97,12 +97,7 @@ impl StreamFile {
                 v.blank_lines += 1;
                 continue;
             }
-            let checked = if len > limits.max_line_bytes {
-                Err(too_long(len, limits))
-            } else {
-                check_row(&line, schema, limits).map(|_| ())
-            };
-            if let Err(p) = checked {
+            if let Err(p) = read_row(&line, len, schema, limits) {
                 v.error_count += 1;
                 if v.errors.len() < keep {
                     v.errors.push(row_error(&self.shown, &line, v.rows, p));
