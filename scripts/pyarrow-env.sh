@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# A Python environment with pyarrow and openai from PyPI, for the tests that
-# check stook's Parquet and Arrow files against pyarrow's (tests/formats.rs)
-# and its OpenAI Batch lines against the openai package's types
-# (tests/openai.rs). Idempotent: does nothing when .venv-arrow has both.
+# The tests' Python environment, from PyPI: pyarrow (stook's Parquet and
+# Arrow files against pyarrow's, tests/formats.rs), openai (OpenAI Batch
+# lines read with the openai package's types, tests/openai.rs), and numpy,
+# tokenizers and safetensors (the OpenAI-compatible test server,
+# tests/openai_server.py). Idempotent: does nothing when .venv-arrow has
+# them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-arrow
 PYARROW=pyarrow==22.0.0
-OPENAI=openai==2.8.1
-if "$VENV/bin/python" -c "import pyarrow, openai" 2>/dev/null; then
+PACKAGES=(openai==2.8.1 numpy==2.3.5 tokenizers==0.22.1 safetensors==0.7.0)
+if "$VENV/bin/python" -c "import pyarrow, openai, numpy, tokenizers, safetensors" 2>/dev/null; then
   exit 0
 fi
 [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install --quiet --disable-pip-version-check "$PYARROW" "$OPENAI"
-"$VENV/bin/python" -c "import pyarrow, openai; print('pyarrow', pyarrow.__version__, 'openai', openai.__version__, 'in', '$VENV')"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check "$PYARROW" "${PACKAGES[@]}"
+"$VENV/bin/python" -c "import pyarrow, openai, numpy; print('pyarrow', pyarrow.__version__, 'openai', openai.__version__, 'numpy', numpy.__version__, 'in', '$VENV')"

@@ -1,14 +1,18 @@
 """Checks stook's OpenAI Batch output with the official `openai` package's
 types (tests/openai.rs runs it with .venv-arrow's python).
 
-usage: openai_check.py REQUESTS OUTPUT REFERENCE
+usage: openai_check.py REQUESTS OUTPUT REFERENCE [--forwarded] [--same-as OTHER]
 
 REQUESTS is the input file. A request's custom_id says what to expect:
 "s-3-4" embeds sentences 3 and 4 of REFERENCE (sentence-transformers'
 vectors, one {"id", "embedding"} a line); "x-..." lines carry an "expect"
 object ({"status": 400, "param": ..., "says": ...}, or {"tokens": N}).
 Lines that are not requests (no string custom_id) must be answered with an
-error object naming their line. Prints one JSON summary line.
+error object naming their line. With --forwarded (the openai-http
+backend), chat lines must hold the test server's ChatCompletion and the
+server, not stook, decides on the "x-" lines stook itself forwards; with
+--same-as, every vector must agree (cosine >= 0.9999) with OTHER's for the
+same custom_id. Prints one JSON summary line.
 """
 
 import base64
@@ -19,8 +23,12 @@ import struct
 import sys
 
 from openai.types import BatchError, CreateEmbeddingResponse
+from openai.types.chat import ChatCompletion
 
 requests_path, output_path, reference_path = sys.argv[1:4]
+options = sys.argv[4:]
+forwarded = "--forwarded" in options
+other_path = options[options.index("--same-as") + 1] if "--same-as" in options else None
 
 reference = {}
 for line in open(reference_path, encoding="utf-8"):
@@ -49,8 +57,29 @@ def cosine(a, b):
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
+def vectors_of(body):
+    """The float vectors of an embeddings body, base64 decoded."""
+    out = []
+    for item in body["data"]:
+        e = item["embedding"]
+        if isinstance(e, str):
+            packed = base64.b64decode(e, validate=True)
+            e = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        out.append(e)
+    return out
+
+
+others = {}
+if other_path:
+    for line in open(other_path, encoding="utf-8"):
+        o = json.loads(line)
+        r = o["response"]
+        if o["custom_id"] and r and r["status_code"] == 200 and "data" in r["body"]:
+            others[o["custom_id"]] = vectors_of(r["body"])
+
 seen = set()
-counts = {"ok": 0, "refused": 0, "unreadable": 0, "base64": 0, "texts": 0}
+counts = {"ok": 0, "refused": 0, "unreadable": 0, "base64": 0, "texts": 0, "chat": 0, "error_lines": 0, "compared": 0}
+lowest_agreement = 1.0
 worst = 1.0
 by_text = {}
 for (n, req), out in zip(requests, outputs):
@@ -59,6 +88,8 @@ for (n, req), out in zip(requests, outputs):
     assert ID.match(out["id"]) and out["id"] not in seen, (where, out["id"])
     seen.add(out["id"])
     custom_id = req.get("custom_id") if isinstance(req, dict) else None
+    failed = out["error"] is not None or out["response"]["status_code"] != 200
+    counts["error_lines"] += failed
     if not isinstance(custom_id, str):
         assert out["custom_id"] is None and out["response"] is None, where
         assert set(out["error"]) == {"code", "message", "line"}, (where, out["error"])
@@ -72,6 +103,19 @@ for (n, req), out in zip(requests, outputs):
     assert list(response) == ["status_code", "request_id", "body"], (where, response)
     assert REQUEST_ID.match(response["request_id"]), where
     expect = req.get("expect", {})
+    url, method = req.get("url"), req.get("method")
+    if forwarded and method == "POST" and url == "/v1/chat/completions":
+        assert response["status_code"] == 200, (where, response)
+        chat = ChatCompletion.model_validate(response["body"])
+        said = req["body"]["messages"][-1]["content"]
+        assert chat.choices[0].message.content == said[::-1], (where, chat)
+        counts["chat"] += 1
+        continue
+    if forwarded and "status" in expect and method == "POST" and url == "/v1/embeddings":
+        # Forwarded as it is: the server decides; its answer is kept whole.
+        assert response["status_code"] in (200, 400), (where, response)
+        counts["refused"] += response["status_code"] == 400
+        continue
     if "status" in expect:
         assert response["status_code"] == expect["status"], (where, response)
         error = response["body"]["error"]
@@ -111,6 +155,10 @@ for (n, req), out in zip(requests, outputs):
             diff = max(abs(a - b) for a, b in zip(by_text[text], d.embedding))
             assert diff <= 1e-6, (where, "differs from an earlier request's vector by", diff)
         by_text[text] = d.embedding
+    if custom_id in others:
+        for mine, theirs in zip((d.embedding for d in parsed.data), others[custom_id]):
+            lowest_agreement = min(lowest_agreement, cosine(mine, theirs))
+            counts["compared"] += 1
     if custom_id.startswith("s-"):
         sentences = [int(s) for s in custom_id.split("-")[1:]]
         assert len(sentences) == len(texts), where
@@ -119,4 +167,4 @@ for (n, req), out in zip(requests, outputs):
     counts["ok"] += 1
     counts["texts"] += len(texts)
 
-print(json.dumps({**counts, "lines": len(outputs), "lowest_cosine": worst}))
+print(json.dumps({**counts, "lines": len(outputs), "lowest_cosine": worst, "lowest_agreement": lowest_agreement}))

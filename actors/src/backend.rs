@@ -151,7 +151,7 @@ impl BackendActor {
         let mut out = ResultWriter::for_columns(cols.results.clone(), cols.typed);
         let mut poison = Vec::new();
         if msg.isolate {
-            isolate(model.as_ref(), &batch, &mut out, &mut poison);
+            isolate(model.as_ref(), &batch, &mut out, &mut poison)?;
         } else {
             call(model.as_ref(), &batch, &mut out)?;
         }
@@ -201,24 +201,29 @@ fn call(model: &dyn Model, batch: &RequestBatch, out: &mut ResultWriter) -> Resu
 }
 
 /// Computes what can be computed, bisecting failed ranges down to the rows
-/// that fail alone, which go to `poison`.
+/// that fail alone, which go to `poison`. A failure that is no row's
+/// ([`ModelError::unavailable`]) stops it: the batch fails as a whole.
 fn isolate(
     model: &dyn Model,
     batch: &RequestBatch,
     out: &mut ResultWriter,
     poison: &mut Vec<Poisoned>,
-) {
+) -> Result<(), ModelError> {
     match call(model, batch, out) {
-        Ok(()) => {}
-        Err(e) if batch.len() == 1 => poison.push(Poisoned {
-            row: batch.row(0),
-            line: batch.line(0),
-            message: e.message,
-        }),
+        Ok(()) => Ok(()),
+        Err(e) if e.unavailable => Err(e),
+        Err(e) if batch.len() == 1 => {
+            poison.push(Poisoned {
+                row: batch.row(0),
+                line: batch.line(0),
+                message: e.message,
+            });
+            Ok(())
+        }
         Err(_) => {
             let half = batch.len() / 2;
-            isolate(model, &batch.slice(0, half), out, poison);
-            isolate(model, &batch.slice(half, batch.len() - half), out, poison);
+            isolate(model, &batch.slice(0, half), out, poison)?;
+            isolate(model, &batch.slice(half, batch.len() - half), out, poison)
         }
     }
 }
@@ -330,7 +335,7 @@ mod tests {
             bad: vec!["x", "y"],
         };
         let (mut out, mut poison) = (ResultWriter::new(), Vec::new());
-        isolate(&model, &b, &mut out, &mut poison);
+        isolate(&model, &b, &mut out, &mut poison).unwrap();
         let rows: Vec<u64> = poison.iter().map(|p| p.row).collect();
         assert_eq!(rows, vec![2, 6]);
         assert_eq!(poison[0].line, 3);
@@ -339,6 +344,23 @@ mod tests {
         assert_eq!(out.counters().get("seen"), Some(&7));
         let (done, _) = out.finish().unwrap();
         assert_eq!(done.values().to_vec(), vec![0, 1, 3, 4, 5, 7, 8]);
+    }
+
+    #[test]
+    fn an_unavailable_model_fails_the_batch_without_blaming_a_row() {
+        struct Down;
+        impl Model for Down {
+            fn predict(&self, b: &RequestBatch, _: &mut ResultWriter) -> Result<(), ModelError> {
+                Err(ModelError::unavailable(format!("down at row {}", b.row(0))))
+            }
+        }
+        let store = ObjectStore::new(1 << 20).unwrap();
+        let (obj, schema) = batch(&store, &["a", "b", "c"]);
+        let b = RequestBatch::decode(&obj, &schema).unwrap();
+        let (mut out, mut poison) = (ResultWriter::new(), Vec::new());
+        let e = isolate(&Down, &b, &mut out, &mut poison).unwrap_err();
+        assert!(e.unavailable && e.row.is_none(), "{e:?}");
+        assert!(poison.is_empty() && out.is_empty());
     }
 
     #[test]

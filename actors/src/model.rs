@@ -83,6 +83,11 @@ pub struct ModelError {
     pub message: String,
     /// The 0-based input row that caused it, if known.
     pub row: Option<u64>,
+    /// The failure is no row's (a server that cannot be reached): the
+    /// batch is retried as any failed batch, but never bisected to find a
+    /// row at fault; after its retries the run stops, keeping what it
+    /// committed, and a rerun resumes.
+    pub unavailable: bool,
 }
 
 impl ModelError {
@@ -91,6 +96,15 @@ impl ModelError {
         ModelError {
             message: message.into(),
             row: None,
+            unavailable: false,
+        }
+    }
+
+    /// A failure of what the model depends on (a server), no row's.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ModelError {
+            unavailable: true,
+            ..ModelError::new(message)
         }
     }
 
@@ -99,6 +113,7 @@ impl ModelError {
         ModelError {
             message: message.into(),
             row: Some(row),
+            unavailable: false,
         }
     }
 }

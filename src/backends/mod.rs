@@ -6,13 +6,14 @@ pub mod echo;
 pub mod embedding;
 mod kernels;
 mod openai;
+pub mod openai_http;
 pub(crate) mod packed;
 mod sheaf;
 pub mod synthetic;
 
 use crate::registry::BackendRegistry;
 
-/// Adds `echo` and `synthetic` to `registry`.
+/// Adds the built-in backends to `registry`.
 pub fn register_builtins(registry: &mut BackendRegistry) {
     registry.register(
         "echo",
@@ -23,6 +24,11 @@ pub fn register_builtins(registry: &mut BackendRegistry) {
         "embedding",
         "sentence embeddings from a sentence-transformers BERT folder (all-MiniLM-L6-v2), candle on CPU or CUDA",
         embedding::create,
+    );
+    registry.register(
+        "openai-http",
+        "sends rows to an OpenAI-compatible server (vLLM, TEI, infinity, OpenAI): OpenAI Batch lines or texts to embed",
+        openai_http::create,
     );
     registry.register(
         "synthetic",

@@ -134,27 +134,59 @@ fn refuse<T>(param: Option<&'static str>, message: impl Into<String>) -> Result<
     })
 }
 
-/// Reads row `i` of `batch` as an embeddings request for a model of `dim`
-/// dimensions, or says why it is refused.
-pub fn request(batch: &RequestBatch, i: usize, dim: usize) -> Result<Request, Refusal> {
-    let text = |field| batch.field(field, i).map(serde_json::from_str::<Value>);
-    match text(METHOD) {
+/// The endpoints OpenAI's Batch API serves, which `openai-http` forwards.
+pub const BATCH_ENDPOINTS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/moderations",
+];
+
+/// Row `i`'s `url` (one of `served`) and its `body`'s JSON text, or why it
+/// is refused: a method other than POST, another url, a body that is not
+/// an object.
+pub fn endpoint<'b>(
+    batch: &'b RequestBatch,
+    i: usize,
+    served: &[&str],
+) -> Result<(String, &'b str), Refusal> {
+    let value = |field| batch.field(field, i).map(serde_json::from_str::<Value>);
+    match value(METHOD) {
         Some(Ok(Value::String(m))) if m == "POST" => {}
         Some(Ok(m)) => return refuse(None, format!("method {m} is not supported; use \"POST\"")),
         _ => return refuse(None, "missing method (expected \"POST\")"),
     }
-    match text(URL) {
-        Some(Ok(Value::String(u))) if u == EMBEDDINGS => {}
+    let url = match value(URL) {
+        Some(Ok(Value::String(u))) if served.contains(&u.as_str()) => u,
         Some(Ok(u)) => {
             return refuse(
                 None,
-                format!("url {u} is not served by this backend; it serves \"{EMBEDDINGS}\""),
+                format!(
+                    "url {u} is not served by this backend; it serves {}",
+                    quoted(served)
+                ),
             )
         }
-        _ => return refuse(None, format!("missing url (expected \"{EMBEDDINGS}\")")),
+        _ => return refuse(None, format!("missing url (expected {})", quoted(served))),
+    };
+    match batch.field(BODY, i) {
+        Some(b) if b.trim_start().starts_with('{') => Ok((url, b)),
+        _ => refuse(None, "missing body (expected a JSON object)"),
     }
-    let body = match text(BODY) {
-        Some(Ok(Value::Object(b))) => b,
+}
+
+fn quoted(urls: &[&str]) -> String {
+    let q: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
+    q.join(", ")
+}
+
+/// Reads row `i` of `batch` as an embeddings request for a model of `dim`
+/// dimensions, or says why it is refused.
+pub fn request(batch: &RequestBatch, i: usize, dim: usize) -> Result<Request, Refusal> {
+    let (_, body) = endpoint(batch, i, &[EMBEDDINGS])?;
+    let body = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Object(b)) => b,
         _ => return refuse(None, "missing body (expected a JSON object)"),
     };
     let model = match body.get("model") {
@@ -371,6 +403,38 @@ impl Lines {
         self.responses.push(Some(r));
         self.errors.push(None);
         self.failed += 1;
+    }
+
+    /// Row `i` answered by a server: its status and its body, JSON text
+    /// on one line.
+    pub fn forwarded(&mut self, batch: &RequestBatch, i: usize, status: u16, body: &str) {
+        let request_id = self.start(batch, i);
+        let mut r = format!("{{\"status_code\":{status},\"request_id\":");
+        push_json_string(&mut r, &request_id);
+        r.push_str(",\"body\":");
+        r.push_str(body);
+        r.push('}');
+        self.responses.push(Some(r));
+        self.errors.push(None);
+        if status != 200 {
+            self.failed += 1;
+        }
+    }
+
+    /// Row `i` failed on the way to the server or back (`status`: 502
+    /// for a response that is not JSON or too long).
+    pub fn failed_upstream(
+        &mut self,
+        batch: &RequestBatch,
+        i: usize,
+        status: u16,
+        message: String,
+    ) {
+        let why = Refusal {
+            message,
+            param: None,
+        };
+        self.error_response(batch, i, status, "server_error", &why);
     }
 
     /// Row `i`'s line is not a request (`problem` says why): no response,
