@@ -3,7 +3,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::*;
@@ -329,7 +329,7 @@ fn config_problems_are_all_reported_with_their_keys() {
     let err = stderr(&c.stook(&["validate", p.to_str().unwrap()]));
     assert!(
         err.contains(
-            "model.backend: unknown backend \"bert\", expected one of: echo, embedding, synthetic"
+            "model.backend: unknown backend \"bert\", expected one of: echo, embedding, openai-http, synthetic"
         ),
         "{err}"
     );
@@ -534,6 +534,39 @@ fn panics_a_reader_that_goes_away_ends_stook_quietly() {
             o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
             "{args:?}: {:?} {err}",
             o.status
+        );
+    }
+}
+
+/// An Arrow file whose record batch header points a buffer past the
+/// batch's body (one byte of a pyarrow file changed): arrow-ipc panicked
+/// slicing it ("internal: … stopped unexpectedly"); now refused, named.
+#[test]
+fn panics_a_corrupted_arrow_file_is_a_clear_error() {
+    let c = Case::new();
+    let input = c.path("in.arrow");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corrupt-buffer.arrow");
+    std::fs::copy(fixture, &input).unwrap();
+    let cfg = c.path("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[input]\npath = {input:?}\n[output]\npath = {:?}\n[model]\nbackend = \"echo\"\n",
+            c.path("out")
+        ),
+    )
+    .unwrap();
+    for cmd in ["run", "validate"] {
+        let o = c.stook(&[cmd, cfg.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{cmd}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("internal"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("in.arrow: record batch 0: its header points outside its body (the file is corrupt)"),
+            "{cmd}: {err}"
         );
     }
 }

@@ -314,6 +314,31 @@ fn sheaf_requests_get_sheaf_responses_byte_for_byte() {
     assert_eq!(output_bytes(&again), bytes);
 }
 
+/// The room reserved for a batch's responses counts on every row's `"`s:
+/// skipped bad rows with none, in the same batch as a request of many
+/// texts, must not shrink it (they once did: "object larger than its
+/// reservation").
+#[test]
+fn sheaf_room_holds_when_bad_rows_share_the_batch() {
+    let dir = tempdir();
+    let texts: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+    let mut lines = vec![
+        serde_json::json!({"model_type": "embedding", "model_name": "m", "texts": texts})
+            .to_string(),
+    ];
+    lines.extend(std::iter::repeat_n("x".to_string(), 63));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let mut c = sheaf_config(&input, &dir.path().join("o"));
+    c.batch.size = 64;
+    c.batch.on_error = stook::config::OnError::Skip;
+    let r = run(c).unwrap();
+    assert_eq!((r.rows_written, r.errors), (1, 63));
+    let out = String::from_utf8(output_bytes(&dir.path().join("o"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["embeddings"].as_array().unwrap().len(), 300);
+}
+
 #[test]
 fn sheaf_requests_that_sheaf_would_misread_are_refused_with_line_and_field() {
     let dir = tempdir();

@@ -378,14 +378,11 @@ impl Backend for Embedding {
         match self.opts.schema {
             // The id's JSON text (within the input) and a vector.
             Schema::Text => rows * vector + input_bytes,
-            // Every valid request has 5 strings besides its texts (keys
-            // texts, model_name, model_type; values of the last two), each
-            // text 2 quotes; strings copied from the input, a generated
-            // request id (36), "embedding", "{}" and the dimension.
-            Schema::Sheaf => {
-                let texts = quotes.saturating_sub(10 * rows) / 2;
-                rows * 64 + input_bytes + texts * vector
-            }
+            // Each text has 2 quotes. The other strings of a valid request
+            // are not subtracted: a bad row (skipped, but in the batch's
+            // count) may hold none. Strings copied from the input, a
+            // generated request id (36), "embedding", "{}" and the dimension.
+            Schema::Sheaf => rows * 64 + input_bytes + quotes / 2 * vector,
             Schema::Openai => openai::bound(rows, input_bytes, quotes, self.folder.dim),
         }
     }

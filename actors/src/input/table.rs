@@ -81,6 +81,19 @@ impl AsRef<[u8]> for Mapped {
     }
 }
 
+/// The record batch header in a block's metadata (after its continuation
+/// marker and length), if it parses.
+fn batch_header(meta: &[u8]) -> Option<arrow_ipc::RecordBatch<'_>> {
+    let message = match meta {
+        [0xFF, 0xFF, 0xFF, 0xFF, _, _, _, _, rest @ ..] => rest,
+        [_, _, _, _, rest @ ..] => rest,
+        _ => return None,
+    };
+    arrow_ipc::root_as_message(message)
+        .ok()?
+        .header_as_record_batch()
+}
+
 fn bad(path: &Path, why: impl std::fmt::Display) -> PipelineError {
     PipelineError::Input {
         path: path.to_path_buf(),
@@ -351,14 +364,7 @@ impl Part {
         for b in footer.recordBatches().iter().flatten() {
             let (_, from, _) = block_data(b)?;
             let meta_len = (b.metaDataLength().max(0) as usize).min(n - from);
-            let body = match &buffer[from..from + meta_len] {
-                [0xFF, 0xFF, 0xFF, 0xFF, _, _, _, _, rest @ ..] => rest,
-                [_, _, _, _, rest @ ..] => rest,
-                _ => return Err(not("a record batch without metadata".into())),
-            };
-            let rows = arrow_ipc::root_as_message(body)
-                .ok()
-                .and_then(|m| m.header_as_record_batch())
+            let rows = batch_header(&buffer[from..from + meta_len])
                 .map(|h| h.length())
                 .ok_or_else(|| not("a record batch header does not parse".into()))?;
             batches.push((*b, rows.max(0) as usize, from));
@@ -418,8 +424,39 @@ impl Part {
         };
         let (block, rows, from) = batches[i];
         let len = block.metaDataLength() as usize + block.bodyLength() as usize;
-        let b = decoder
-            .read_record_batch(&block, &buffer.slice_with_length(from, len))
+        // arrow-ipc slices each buffer out of the body as its header says
+        // and panics past the end: a corrupt header is refused first.
+        let meta_len = (block.metaDataLength().max(0) as usize).min(len);
+        let body_len = (len - meta_len) as i64;
+        let inside = batch_header(&buffer[from..from + meta_len]).is_some_and(|h| {
+            h.buffers().is_some_and(|bufs| {
+                bufs.iter().all(|b| {
+                    b.offset() >= 0
+                        && b.length() >= 0
+                        && b.offset()
+                            .checked_add(b.length())
+                            .is_some_and(|end| end <= body_len)
+                })
+            })
+        });
+        if !inside {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "record batch {i}: its header points outside its body (the file is corrupt)"
+                ),
+            ));
+        }
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            decoder.read_record_batch(&block, &buffer.slice_with_length(from, len))
+        }))
+        .map_err(|_| {
+            bad(
+                &self.path,
+                format!("record batch {i} does not decode (the file is corrupt)"),
+            )
+        })?;
+        let b = decoded
             .map_err(|e| bad(&self.path, format!("record batch {i}: {e}")))?
             .ok_or_else(|| bad(&self.path, format!("record batch {i} is missing")))?;
         if b.num_rows() != rows {
