@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use stook_actors::checkpoint::{
-    errors_name, is_manifest, shard_of, sync_dir, verify, write_atomic, write_then_rename,
+    errors_beside, is_manifest, shard_of, sync_dir, verify, write_atomic, write_then_rename,
     InputFingerprint, Manifest, ManifestHeader, Resume, ShardRecord, Worker, ERRORS, SUCCESS,
 };
 
@@ -273,7 +273,7 @@ pub fn prepare(
         .flat_map(|s| {
             let mut names = vec![s.part.clone()];
             if s.errors_bytes > 0 {
-                names.push(errors_name(s.shard));
+                names.push(errors_beside(&s.part));
             }
             names
         })
@@ -642,7 +642,7 @@ pub fn merge(
     let errors: Vec<String> = shards
         .iter()
         .filter(|s| s.errors_bytes > 0)
-        .map(|s| errors_name(s.shard))
+        .map(|s| errors_beside(&s.part))
         .collect();
     let io = |name: &str| {
         let path = dir.join(name);

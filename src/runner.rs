@@ -514,6 +514,7 @@ impl Job {
             stream: None,
             format: cfg.output.format.0,
             table: self.table_schema(&columns, &pass_types),
+            name_width: stook_actors::checkpoint::name_width(layout.shards()),
         };
         let (summary, stats) = self
             .pipeline(
@@ -580,6 +581,8 @@ impl Job {
             stream: Some(results),
             format: self.config.output.format.0,
             table: self.table_schema(&columns, &[]),
+            // No files: results go to the stream.
+            name_width: 5,
         };
         let (summary, stats) = self
             .pipeline(

@@ -173,7 +173,15 @@ def main():
                     f.write(f"{len(texts)}\n")
             self.reply(200, {"object": "list", "data": data, "model": req.get("model"), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, request, client_address):
+            # A client closing its idle keep-alive connection is not news.
+            if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+                super().handle_error(request, client_address)
+
+    server = Server(("127.0.0.1", args.port), Handler)
     print(f"serving {name} on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

@@ -31,14 +31,32 @@ pub const ERRORS: &str = "_errors.jsonl";
 /// The success marker.
 pub const SUCCESS: &str = "_SUCCESS";
 
-/// The name of shard `i`'s part file, with extension `ext`.
-pub fn part_name(i: u64, ext: &str) -> String {
-    format!("part-{i:05}.{ext}")
+/// Digits in the shard numbers of a job of `shards` shards: 5, or as many
+/// as the last shard needs, so that names sort as their numbers do
+/// (`part-099999` before `part-100000`) and `cat part-*` stays in order.
+pub fn name_width(shards: u64) -> usize {
+    shards.saturating_sub(1).to_string().len().max(5)
+}
+
+/// The name of shard `i`'s part file, its number `width` digits long (see
+/// [`name_width`]), with extension `ext`.
+pub fn part_name(i: u64, width: usize, ext: &str) -> String {
+    format!("part-{i:0width$}.{ext}")
 }
 
 /// The name of shard `i`'s bad-row file (only when it has bad rows).
-pub fn errors_name(i: u64) -> String {
-    format!("_errors-{i:05}.jsonl")
+pub fn errors_name(i: u64, width: usize) -> String {
+    format!("_errors-{i:0width$}.jsonl")
+}
+
+/// The bad-row file beside the part file `part` (`part-NNNNN.ext` →
+/// `_errors-NNNNN.jsonl`, as many digits).
+pub fn errors_beside(part: &str) -> String {
+    let digits = part
+        .strip_prefix("part-")
+        .and_then(|r| r.split('.').next())
+        .unwrap_or_default();
+    format!("_errors-{digits}.jsonl")
 }
 
 /// The shard of a file stook names after one: `part-NNNNN.jsonl`
@@ -581,7 +599,7 @@ pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
         ));
     }
     if record.errors_bytes > 0 {
-        let name = errors_name(record.shard);
+        let name = errors_beside(&record.part);
         let (len, crc) = crc_of(&dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
         if len != record.errors_bytes {
             return Err(format!(
@@ -664,7 +682,7 @@ mod tests {
     fn record(shard: u64) -> ShardRecord {
         ShardRecord {
             shard,
-            part: part_name(shard, "jsonl"),
+            part: part_name(shard, 5, "jsonl"),
             batches: vec![(shard * 2, shard * 2 + 1)],
             rows: 10,
             errors: 0,
@@ -727,18 +745,46 @@ mod tests {
     }
 
     #[test]
+    fn part_names_sort_as_their_numbers_past_99999_shards() {
+        assert_eq!(name_width(1), 5);
+        assert_eq!(name_width(100_000), 5);
+        assert_eq!(name_width(100_001), 6);
+        assert_eq!(name_width(12_345_678), 8);
+        for shards in [3, 100_000, 100_001, 1_000_001] {
+            let w = name_width(shards);
+            let shards_named: Vec<u64> = [0, 9, 10_000, 99_999, 100_000, shards - 1]
+                .into_iter()
+                .filter(|&i| i < shards)
+                .collect();
+            let names: Vec<String> = shards_named
+                .iter()
+                .map(|&i| part_name(i, w, "jsonl"))
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(sorted, names, "{shards} shards");
+            for (n, &i) in names.iter().zip(&shards_named) {
+                assert_eq!(shard_of(n), Some(i));
+                assert_eq!(errors_beside(n), errors_name(i, w));
+            }
+        }
+        assert_eq!(part_name(7, 5, "jsonl"), "part-00007.jsonl");
+        assert_eq!(part_name(100_000, 6, "parquet"), "part-100000.parquet");
+    }
+
+    #[test]
     fn bad_row_files_are_checked_by_size_and_crc() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join(part_name(0, "jsonl")), b"").unwrap();
-        std::fs::write(d.join(errors_name(0)), b"{\"line\":1}\n").unwrap();
-        let (len, crc) = crc_of(&d.join(errors_name(0))).unwrap();
+        std::fs::write(d.join(part_name(0, 5, "jsonl")), b"").unwrap();
+        std::fs::write(d.join(errors_name(0, 5)), b"{\"line\":1}\n").unwrap();
+        let (len, crc) = crc_of(&d.join(errors_name(0, 5))).unwrap();
         let mut r = record(0);
-        (r.bytes, r.crc32) = crc_of(&d.join(part_name(0, "jsonl"))).unwrap();
+        (r.bytes, r.crc32) = crc_of(&d.join(part_name(0, 5, "jsonl"))).unwrap();
         (r.errors_bytes, r.errors_crc32) = (len, Some(crc));
         assert_eq!(verify(d, &r), Ok(()));
         // The same size, other bytes.
-        std::fs::write(d.join(errors_name(0)), b"{\"line\":2}\n").unwrap();
+        std::fs::write(d.join(errors_name(0, 5)), b"{\"line\":2}\n").unwrap();
         let e = verify(d, &r).unwrap_err();
         assert_eq!(
             e,
@@ -814,6 +860,7 @@ mod tests {
         let computed: Vec<u64> = (0..16).filter(|&b| !todo.skips(b)).collect();
         assert_eq!(computed, [9, 10, 11]);
         assert_eq!(shard_of("part-00012.jsonl"), Some(12));
+        assert_eq!(shard_of("part-100000.jsonl"), Some(100_000));
         assert_eq!(shard_of(".part-00012.jsonl.tmp"), Some(12));
         assert_eq!(shard_of("_errors-00003.jsonl"), Some(3));
         assert_eq!(shard_of("_errors.jsonl"), None);

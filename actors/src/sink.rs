@@ -52,6 +52,9 @@ pub struct SinkConfig {
     pub format: OutputFormat,
     /// A table part's columns ([`crate::parts::table_schema`]).
     pub table: arrow_schema::SchemaRef,
+    /// Digits in part and bad-row file names:
+    /// [`crate::checkpoint::name_width`] of the job's shard count.
+    pub name_width: usize,
 }
 
 /// One batch of results as a stream carries it, in input order.
@@ -97,6 +100,9 @@ impl ResultSender {
 
 struct OpenShard {
     index: u64,
+    /// The part file's final name, and the bad-row file's.
+    name: String,
+    errors_name: String,
     part: PartWriter,
     errors: Option<TempFile>,
     batches: Vec<(u64, u64)>,
@@ -174,11 +180,13 @@ impl Sink {
                 self.next_unordered_shard += 1;
                 s
             });
-            let name = part_name(index, self.cfg.format.name());
+            let name = part_name(index, self.cfg.name_width, self.cfg.format.name());
             let part = PartWriter::create(&self.cfg.dir, &name, self.cfg.format, &self.cfg.table);
             let part = self.io(&name, part)?;
             self.shard = Some(OpenShard {
                 index,
+                errors_name: errors_name(index, self.cfg.name_width),
+                name,
                 part,
                 errors: None,
                 batches: Vec::new(),
@@ -237,17 +245,17 @@ impl Sink {
             }
             None => None,
         };
-        let ext = self.cfg.format.name();
         let shard = self.shard_for(d.plan.index)?;
         let rows = match &output {
             Some(out) => shard
                 .part
                 .write(out, !preserve_order)
-                .map_err(fail(part_name(shard.index, ext)))?,
+                .map_err(fail(shard.name.clone()))?,
             None => 0,
         };
         if !d.errors.is_empty() {
-            write_bad_rows(shard, &dir, &d.errors).map_err(fail(errors_name(shard.index)))?;
+            let name = shard.errors_name.clone();
+            write_bad_rows(shard, &dir, &d.errors).map_err(fail(name))?;
         }
         let n_err = d.errors.len() as u64;
         shard.rows += rows + n_err;
@@ -272,10 +280,10 @@ impl Sink {
             return Ok(());
         };
         let dir = self.cfg.dir.clone();
-        let name = part_name(shard.index, self.cfg.format.name());
+        let name = shard.name;
         let (mut errors_bytes, mut errors_crc32) = (0, None);
         if let Some(errors) = shard.errors {
-            let ename = errors_name(shard.index);
+            let ename = shard.errors_name;
             let r = errors.commit(&dir, &ename);
             let (bytes, crc) = self.io(&ename, r)?;
             (errors_bytes, errors_crc32) = (bytes, Some(crc));
@@ -330,7 +338,7 @@ impl Sink {
 fn write_bad_rows(shard: &mut OpenShard, dir: &Path, errors: &[RowError]) -> std::io::Result<()> {
     let file = match &mut shard.errors {
         Some(f) => f,
-        none => none.insert(TempFile::create(dir, &errors_name(shard.index))?),
+        none => none.insert(TempFile::create(dir, &shard.errors_name)?),
     };
     let mut buf = Vec::new();
     for e in errors {
@@ -426,7 +434,7 @@ mod tests {
         .unwrap()
     }
 
-    fn sink_config(dir: &Path, preserve_order: bool) -> SinkConfig {
+    fn sink_config(dir: &Path, preserve_order: bool, name_width: usize) -> SinkConfig {
         std::fs::write(dir.join("_manifest.jsonl"), "").unwrap();
         SinkConfig {
             dir: dir.to_path_buf(),
@@ -440,6 +448,7 @@ mod tests {
             stream: None,
             format: OutputFormat::Jsonl,
             table: result_columns(None),
+            name_width,
         }
     }
 
@@ -470,9 +479,19 @@ mod tests {
         order: &[u64],
         complete: bool,
     ) -> (SinkSummary, Vec<usize>, ObjectStore) {
+        deliver_named(dir, preserve_order, order, complete, 5)
+    }
+
+    fn deliver_named(
+        dir: &Path,
+        preserve_order: bool,
+        order: &[u64],
+        complete: bool,
+        name_width: usize,
+    ) -> (SinkSummary, Vec<usize>, ObjectStore) {
         let store = ObjectStore::new(1 << 20).unwrap();
         let (cfg, store2, d) = (
-            sink_config(dir, preserve_order),
+            sink_config(dir, preserve_order, name_width),
             store.clone(),
             dir.to_owned(),
         );
@@ -516,6 +535,18 @@ mod tests {
         assert_eq!(lines(d, "_manifest.jsonl").len(), 3);
         // Every object was released.
         assert_eq!(store.stats().objects, 0);
+    }
+
+    #[test]
+    fn part_files_are_named_with_the_jobs_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let (summary, _, _) = deliver_named(d, true, &[1, 0, 2], true, 7);
+        assert_eq!(
+            summary.parts,
+            vec!["part-0000000.jsonl", "part-0000001.jsonl"]
+        );
+        assert!(lines(d, "_manifest.jsonl")[0].contains("\"part-0000000.jsonl\""));
     }
 
     #[test]
