@@ -22,7 +22,8 @@ use actix::prelude::*;
 use stook_actors::checkpoint::{Todo, Worker, ERRORS};
 use stook_actors::input::{Input, RowLimits, Validation};
 use stook_actors::messages::SinkSummary;
-use stook_actors::scheduler::{Pipeline, Scheduler, SchedulerConfig};
+use stook_actors::rows::{data_start, Lines};
+use stook_actors::scheduler::{batch_need, Pipeline, Scheduler, SchedulerConfig};
 use stook_actors::sink::{ResultSender, Sink, SinkConfig};
 use stook_actors::source::{RowFeed, Source, SourceConfig};
 use stook_actors::{
@@ -342,12 +343,63 @@ impl Job {
         !self.backend.schema().needs_lines()
     }
 
-    /// Checks every input row against the backend's schema; loads no model.
+    /// Checks every input row against the backend's schema, and that the
+    /// object store holds each row alone (a plain JSON Lines file); loads
+    /// no model.
     pub fn validate(&self) -> Result<Validation, RunError> {
         self.check_locations()?;
         let input = self.open_input()?;
         self.passthrough_types(&input)?;
-        validate_file(&input, &self.source_schema(), &self.limits())
+        let v = validate_file(&input, &self.source_schema(), &self.limits())?;
+        self.check_room_for_each_row(&input)?;
+        Ok(v)
+    }
+
+    /// Refuses a `memory.object_store` smaller than what one row of the
+    /// input needs alone (its input and its output's bound, as the
+    /// Scheduler reserves them): every batch holding it would need more,
+    /// so the run could only fail. Plain JSON Lines only (one more read,
+    /// counting bytes and `"`s).
+    fn check_room_for_each_row(&self, input: &Input) -> Result<(), RunError> {
+        let Input::Mapped(file) = input else {
+            return Ok(());
+        };
+        let columns = self.output_columns(Some(input))?;
+        let (limits, lists) = (self.limits(), columns.request.has_lists());
+        let budget = self.config.memory.object_store.as_usize();
+        let data = file.bytes();
+        let mut worst: Option<(usize, u64)> = None;
+        for line in Lines::new(data, data_start(data), 1) {
+            let len = line.bytes.len();
+            if line.is_blank() || len > limits.max_line_bytes {
+                continue;
+            }
+            let quotes = if lists {
+                line.bytes.iter().filter(|&&b| b == b'"').count()
+            } else {
+                0
+            };
+            let need = batch_need(self.backend.as_ref(), &columns, 1, len, quotes);
+            if need > budget && worst.is_none_or(|(w, _)| need > w) {
+                worst = Some((need, line.number));
+            }
+        }
+        file.release(0, data.len());
+        match worst {
+            None => Ok(()),
+            Some((need, line)) => Err(ConfigErrors {
+                path: self.config_path.clone(),
+                problems: vec![crate::config::ConfigProblem::new(
+                    "memory.object_store",
+                    format!(
+                        "{budget} bytes cannot hold line {line} of {} alone: it needs {need} bytes \
+                         (its input and its output's bound); raise it to at least {need} bytes",
+                        self.config.input.path.display()
+                    ),
+                )],
+            }
+            .into()),
+        }
     }
 
     /// Refuses an `output.assemble` file that is the input (or inside an

@@ -475,6 +475,51 @@ fn stops_cleanly(signal: i32, code: i32) -> Case {
     c
 }
 
+/// A store too small for one row alone used to pass `validate` and fail
+/// the run (exit 1); `validate` now refuses it by key, with the figure the
+/// run would have needed.
+#[test]
+fn absurd_values_a_budget_too_small_for_one_row_is_refused_by_validate() {
+    let c = Case::new();
+    let mut rows = String::from("{\"text\": \"short\"}\n\n");
+    rows.push_str(&format!("{{\"text\": \"{}\"}}\n", "x".repeat(3000)));
+    c.input(rows.as_bytes());
+    let p = c.path("tiny.toml");
+    let job = |budget: &str| {
+        format!(
+            "[input]\npath = \"in.jsonl\"\n[output]\npath = \"out\"\n[model]\nbackend = \"echo\"\n\
+             [memory]\nobject_store = {budget:?}\n"
+        )
+    };
+    std::fs::write(&p, job("4KiB")).unwrap();
+    let o = c.stook(&["validate", p.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("memory.object_store: 4096 bytes cannot hold line 3 of "),
+        "{err}"
+    );
+    let said = "in.jsonl alone: it needs ";
+    assert!(err.contains(said), "{err}");
+    let need: usize = err[err.find(said).unwrap() + said.len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The run refuses the batch holding that row, which needs at least as
+    // much (one row's need is a floor of its batch's).
+    let o = c.stook(&["run", p.to_str().unwrap()]);
+    let run_err = stderr(&o);
+    let at = run_err.find(") needs ").expect("the batch's need") + ") needs ".len();
+    let batch: usize = run_err[at..].split(' ').next().unwrap().parse().unwrap();
+    assert!(batch >= need, "{run_err}");
+    // With that much, the row fits alone.
+    std::fs::write(&p, job(&need.to_string())).unwrap();
+    let o = c.stook(&["validate", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn absurd_values_max_retries_and_empty_columns_are_refused_by_key() {
     let c = Case::new();

@@ -505,6 +505,30 @@ fn output_room(backend: &dyn Backend, plan: &BatchPlan, columns: &OutputColumns)
     output_bound(&columns.schema, plan.rows, values)
 }
 
+/// The store room the Scheduler reserves for a batch of `rows` rows
+/// spanning `bytes` bytes of lines holding `quotes` `"`s (counted where
+/// the schema has lists): its input and its output's bound. Growing in
+/// each, so one row's need is a floor of any batch's that holds it.
+pub fn batch_need(
+    backend: &dyn Backend,
+    columns: &OutputColumns,
+    rows: usize,
+    bytes: usize,
+    quotes: usize,
+) -> usize {
+    let plan = BatchPlan {
+        index: 0,
+        first_row: 0,
+        rows,
+        bytes,
+        quotes,
+        lines: (0, 0),
+        blank_lines: 0,
+        range: (0, 0),
+    };
+    input_bound(&columns.request, rows, bytes) + output_room(backend, &plan, columns)
+}
+
 impl Actor for Scheduler {
     type Context = Context<Self>;
 
