@@ -251,13 +251,7 @@ fn forwarded_lines_get_the_servers_answers_and_vectors_agree_with_the_local_back
 /// `n` requests of one short text each (the test server's model is
 /// numpy's: a few milliseconds a short text).
 fn single_texts(dir: &Path, n: usize) -> PathBuf {
-    let sentences: Vec<Value> =
-        std::fs::read_to_string(root().join("tests/fixtures/sentences.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|s| s["text"] != "")
-            .collect();
+    let sentences = sentences();
     let lines: Vec<String> = (0..n)
         .map(|i| {
             let words = sentences[i % sentences.len()]["text"].as_str().unwrap();
@@ -287,6 +281,19 @@ fn wait_served(log: &Path, n: usize) {
     }
 }
 
+/// Starts `stook run cfg` (stderr to `errors`) and returns once the
+/// server has answered `n` more requests.
+fn run_until_served(cfg: &Path, errors: &Path, log: &Path, n: usize) -> Child {
+    let before = served(log);
+    let job = Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .stderr(std::fs::File::create(errors).unwrap())
+        .spawn()
+        .unwrap();
+    wait_served(log, before + n);
+    job
+}
+
 #[test]
 fn a_server_killed_and_restarted_mid_job_costs_no_line_and_duplicates_none() {
     let dir = tempdir();
@@ -301,14 +308,7 @@ fn a_server_killed_and_restarted_mid_job_costs_no_line_and_duplicates_none() {
 
     // Killed mid-job and back within the retries: the run goes on.
     let cfg = http_job(d, &input, "restarted", &server.url(), options);
-    let errors = std::fs::File::create(d.join("restarted.err")).unwrap();
-    let mut job = Command::new(stook_bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .stderr(errors)
-        .spawn()
-        .unwrap();
-    let before = served(&log);
-    wait_served(&log, before + 40);
+    let mut job = run_until_served(&cfg, &d.join("restarted.err"), &log, 40);
     server.kill();
     std::thread::sleep(Duration::from_millis(500));
     server.restart();
@@ -327,14 +327,7 @@ fn a_server_killed_and_restarted_mid_job_costs_no_line_and_duplicates_none() {
     // rerun resumes.
     let options = "max_concurrency = 2\nmax_retries = 1\n[checkpoint]\nshard_rows = 16";
     let cfg = http_job(d, &input, "stopped", &server.url(), options);
-    let errors = std::fs::File::create(d.join("stopped.err")).unwrap();
-    let mut job = Command::new(stook_bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .stderr(errors)
-        .spawn()
-        .unwrap();
-    let before = served(&log);
-    wait_served(&log, before + 100);
+    let mut job = run_until_served(&cfg, &d.join("stopped.err"), &log, 100);
     server.kill();
     let status = job.wait().unwrap();
     let err = std::fs::read_to_string(d.join("stopped.err")).unwrap();

@@ -321,9 +321,9 @@ impl Client {
                         .agent
                         .post(url)
                         .header("Content-Type", "application/json");
-                    self.auth_post(r).send(b.as_bytes())
+                    self.auth(r).send(b.as_bytes())
                 }
-                None if method == "GET" => self.auth_get(self.agent.get(url)).call(),
+                None if method == "GET" => self.auth(self.agent.get(url)).call(),
                 None => return Err(format!("internal: {method} without a body")),
             };
             let (retry, wait) = match sent {
@@ -377,20 +377,7 @@ impl Client {
         }
     }
 
-    fn auth_post(
-        &self,
-        r: ureq::RequestBuilder<ureq::typestate::WithBody>,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
-        match &self.key {
-            Some(k) => r.header("Authorization", format!("Bearer {k}")),
-            None => r,
-        }
-    }
-
-    fn auth_get(
-        &self,
-        r: ureq::RequestBuilder<ureq::typestate::WithoutBody>,
-    ) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+    fn auth<B>(&self, r: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
         match &self.key {
             Some(k) => r.header("Authorization", format!("Bearer {k}")),
             None => r,

@@ -60,18 +60,22 @@ pub fn embeddings(custom_id: &str, body: Value) -> String {
     line.to_string()
 }
 
+/// The fixture's sentences (`{"id", "text"}`) but the empty one, which
+/// OpenAI refuses (tested apart).
+pub fn sentences() -> Vec<Value> {
+    std::fs::read_to_string(root().join("tests/fixtures/sentences.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|s| s["text"] != "")
+        .collect()
+}
+
 /// The requests: the fixture's sentences, one to three a request, as a
 /// string or a list, float or base64 (each base64 request's texts asked
 /// again as floats); and between them, lines each answered with an error.
 pub fn requests(dir: &Path) -> PathBuf {
-    let sentences: Vec<Value> =
-        std::fs::read_to_string(root().join("tests/fixtures/sentences.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            // OpenAI refuses an empty text (tested below).
-            .filter(|s| s["text"] != "")
-            .collect();
+    let sentences = sentences();
     let refused = |id: &str, param: Value, says: &str, line: Value| {
         let mut v: Value = serde_json::from_str(&line.to_string()).unwrap();
         v["custom_id"] = id.into();
