@@ -73,6 +73,17 @@ pub enum FieldKind {
     Refused(&'static str),
 }
 
+impl FieldSpec {
+    /// A field named `name` of `kind`, `required` or not.
+    pub fn new(name: &str, kind: FieldKind, required: bool) -> Self {
+        FieldSpec {
+            name: name.into(),
+            kind,
+            required,
+        }
+    }
+}
+
 impl FieldKind {
     /// What a value must be, in words.
     pub fn expected(self) -> String {

@@ -51,11 +51,7 @@ pub const MAX_INPUTS: usize = 2048;
 /// rest is checked per request, so that a bad one is answered with its
 /// `custom_id`.
 pub fn schema() -> RequestSchema {
-    let f = |name: &str, kind, required| FieldSpec {
-        name: name.into(),
-        kind,
-        required,
-    };
+    let f = FieldSpec::new;
     RequestSchema {
         fields: vec![
             f("custom_id", FieldKind::String, true),

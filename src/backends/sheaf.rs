@@ -31,11 +31,7 @@ pub const NORMALIZE: usize = 4;
 
 /// What each `EmbeddingRequest` line must hold.
 pub fn schema() -> RequestSchema {
-    let f = |name: &str, kind, required| FieldSpec {
-        name: name.into(),
-        kind,
-        required,
-    };
+    let f = FieldSpec::new;
     RequestSchema {
         fields: vec![
             f("texts", FieldKind::StringList, true),
