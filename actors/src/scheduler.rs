@@ -200,7 +200,7 @@ impl Scheduler {
             }
         }
         let input = input_bound(&self.columns.request, plan.rows, plan.bytes);
-        let output = output_room(self.backend.as_ref(), &plan, &self.columns);
+        let output = output_room(self.backend.as_ref(), &self.columns, &plan);
         let budget = self.store.budget();
         if input + output > budget {
             return self.fail(PipelineError::BatchTooLarge {
@@ -336,7 +336,7 @@ impl Scheduler {
             let Some(work) = self.in_flight[s].as_mut() else {
                 continue;
             };
-            let bound = output_room(self.backend.as_ref(), &work.plan, &self.columns);
+            let bound = output_room(self.backend.as_ref(), &self.columns, &work.plan);
             let Ok(Some(reservation)) = self.store.try_reserve(bound) else {
                 self.idle.push(slot);
                 return;
@@ -495,20 +495,31 @@ impl Scheduler {
 /// The store room a batch's output may need: the backend's bound of its
 /// values, and with passthrough the values copied (never more than the
 /// input's bytes: a decoded string is shorter than its JSON text).
-fn output_room(backend: &dyn Backend, plan: &BatchPlan, columns: &OutputColumns) -> usize {
+fn output_room(backend: &dyn Backend, columns: &OutputColumns, plan: &BatchPlan) -> usize {
+    output_room_of(backend, columns, plan.rows, plan.bytes, plan.quotes)
+}
+
+fn output_room_of(
+    backend: &dyn Backend,
+    columns: &OutputColumns,
+    rows: usize,
+    bytes: usize,
+    quotes: usize,
+) -> usize {
     let copied = if columns.passthrough.is_empty() {
         0
     } else {
-        plan.bytes
+        bytes
     };
-    let values = backend.result_bytes_bound_quoted(plan.rows, plan.bytes, plan.quotes) + copied;
-    output_bound(&columns.schema, plan.rows, values)
+    let values = backend.result_bytes_bound_quoted(rows, bytes, quotes) + copied;
+    output_bound(&columns.schema, rows, values)
 }
 
 /// The store room the Scheduler reserves for a batch of `rows` rows
 /// spanning `bytes` bytes of lines holding `quotes` `"`s (counted where
-/// the schema has lists): its input and its output's bound. Growing in
-/// each, so one row's need is a floor of any batch's that holds it.
+/// the schema has lists): its input and its output's bound, as admission
+/// computes them. Growing in each, so one row's need is a floor of any
+/// batch's that holds it.
 pub fn batch_need(
     backend: &dyn Backend,
     columns: &OutputColumns,
@@ -516,17 +527,8 @@ pub fn batch_need(
     bytes: usize,
     quotes: usize,
 ) -> usize {
-    let plan = BatchPlan {
-        index: 0,
-        first_row: 0,
-        rows,
-        bytes,
-        quotes,
-        lines: (0, 0),
-        blank_lines: 0,
-        range: (0, 0),
-    };
-    input_bound(&columns.request, rows, bytes) + output_room(backend, &plan, columns)
+    input_bound(&columns.request, rows, bytes)
+        + output_room_of(backend, columns, rows, bytes, quotes)
 }
 
 impl Actor for Scheduler {

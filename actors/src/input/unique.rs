@@ -40,11 +40,7 @@ pub(crate) fn repeats(
         return Ok((0, Vec::new()));
     }
     let name = &schema.fields[field].name;
-    let path = match input {
-        Input::Mapped(f) => f.shown(),
-        Input::Stream(f) => f.shown(),
-        Input::Table(f) => f.path().display().to_string().into(),
-    };
+    let path: std::sync::Arc<str> = input.path().display().to_string().into();
     let (mut first, mut count, mut errors) = (HashMap::new(), 0u64, Vec::new());
     each_value(input, schema, limits, field, |row, line, v| {
         if !twice.contains(&hash(v)) {
