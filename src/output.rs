@@ -678,6 +678,9 @@ fn concat(dir: &Path, names: &[String], target: &Path) -> std::io::Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
+    // Like the output directory, the assembled file's directory is made
+    // when it is not there yet (nothing is removed or replaced).
+    std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(".{name}.tmp"));
     write_then_rename(parent, &tmp, target, |f| {
         let mut out = std::io::BufWriter::new(f);
