@@ -385,6 +385,7 @@ impl Job {
             }
         }
         file.release(0, data.len());
+        file.check()?;
         match worst {
             None => Ok(()),
             Some((need, line)) => Err(ConfigErrors {

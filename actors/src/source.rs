@@ -184,7 +184,11 @@ impl Source {
 
     fn cut(&mut self) -> Result<Option<BatchPlan>, PipelineError> {
         match &mut self.reader {
-            Reader::Mapped(_) => Ok(self.cut_mapped()),
+            Reader::Mapped(_) => {
+                let plan = self.cut_mapped();
+                self.check_mapped()?;
+                Ok(plan)
+            }
             Reader::Feed(_) | Reader::Stream(_) => self.cut_lines(),
             Reader::Table(..) => self.cut_table(),
         }
@@ -268,6 +272,15 @@ impl Source {
         Ok(Some(self.next_plan(rows, amounts, lines, 0, (0, 0))))
     }
 
+    /// Whether a mapped input is still as it was when opened (read
+    /// bytes are used only after this).
+    fn check_mapped(&self) -> Result<(), PipelineError> {
+        match &self.reader {
+            Reader::Mapped(input) => input.check(),
+            _ => Ok(()),
+        }
+    }
+
     fn cut_mapped(&mut self) -> Option<BatchPlan> {
         let Reader::Mapped(input) = &self.reader else {
             return None;
@@ -335,6 +348,8 @@ impl Source {
                 Err(p) => {
                     let e = row_error(&self.shown, &line, row, p);
                     if !self.cfg.skip_bad_rows {
+                        // A row spoilt by the file changing is that change.
+                        self.check_mapped()?;
                         return Err(PipelineError::Row(Box::new(e)));
                     }
                     errors.push(e);
@@ -349,6 +364,7 @@ impl Source {
             Some(encode_input(&self.cfg.schema, &good, reservation)?)
         };
         drop(good);
+        self.check_mapped()?;
         // Everything before this batch's end is done with; whole pages go.
         if let Reader::Mapped(input) = &self.reader {
             input.release(self.released, b);

@@ -5,10 +5,10 @@ mod cpu_bert;
 pub mod echo;
 pub mod embedding;
 mod kernels;
-mod openai;
+pub mod openai;
 pub mod openai_http;
 pub(crate) mod packed;
-mod sheaf;
+pub mod sheaf;
 pub mod synthetic;
 
 use crate::registry::BackendRegistry;

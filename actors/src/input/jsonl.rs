@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
+use super::watched::WatchedMap;
 use crate::error::PipelineError;
 use crate::rows::{
     data_start, excerpt, parse_row, Line, Lines, ParsedRow, RequestSchema, RowError, RowProblem,
@@ -16,7 +15,7 @@ use crate::rows::{
 pub struct InputFile {
     path: PathBuf,
     shown: Arc<str>,
-    map: Option<Mmap>,
+    map: Option<WatchedMap>,
 }
 
 impl InputFile {
@@ -33,14 +32,12 @@ impl InputFile {
                 "is a directory, expected a JSON Lines file",
             )));
         }
-        // SAFETY: the map is read-only; a file truncated by another process
-        // while it runs is outside what stook can defend against (documented).
         let map = if meta.len() == 0 {
             None
         } else {
-            Some(unsafe { Mmap::map(&file) }.map_err(err)?)
+            Some(WatchedMap::new(file).map_err(err)?)
         };
-        if let Some(m) = &map {
+        if let Some(m) = map.as_ref().map(WatchedMap::map) {
             // Rows are read front to back, once.
             let _ = m.advise(memmap2::Advice::Sequential);
         }
@@ -63,7 +60,13 @@ impl InputFile {
 
     /// The file's bytes.
     pub fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.as_ref().map_or(&[], |m| m.map())
+    }
+
+    /// Whether the file is still as it was when opened; call it after
+    /// reading bytes and before using them (see `watched.rs`).
+    pub fn check(&self) -> Result<(), PipelineError> {
+        self.map.as_ref().map_or(Ok(()), |m| m.check(&self.path))
     }
 
     /// Drops the mapping's pages in `[from, to)` from this process's
@@ -71,7 +74,9 @@ impl InputFile {
     /// cache; reading them again faults them back in. This keeps resident
     /// memory independent of input size.
     pub fn release(&self, from: usize, to: usize) {
-        let Some(m) = &self.map else { return };
+        let Some(m) = self.map.as_ref().map(WatchedMap::map) else {
+            return;
+        };
         let page = 4096;
         let (a, b) = (from.div_ceil(page) * page, to.min(m.len()) / page * page);
         if b > a {

@@ -14,6 +14,7 @@ pub mod jsonl;
 pub mod stream;
 pub mod table;
 mod unique;
+mod watched;
 
 use std::path::Path;
 
@@ -139,11 +140,18 @@ impl Input {
         keep: usize,
     ) -> Result<Validation, PipelineError> {
         let mut v = match self {
-            Input::Mapped(f) => f.validate(schema, limits, threads, keep),
+            Input::Mapped(f) => {
+                let v = f.validate(schema, limits, threads, keep);
+                f.check()?;
+                v
+            }
             Input::Stream(f) => f.validate(schema, limits, keep)?,
             Input::Table(f) => f.validate(schema, limits, keep)?,
         };
         let (count, repeats) = unique::repeats(self, schema, limits, keep)?;
+        if let Input::Mapped(f) = self {
+            f.check()?;
+        }
         if count > 0 {
             v.error_count += count;
             v.errors.extend(repeats);
@@ -162,7 +170,11 @@ impl Input {
         limits: &RowLimits,
     ) -> Result<u64, PipelineError> {
         match self {
-            Input::Mapped(f) => Ok(f.count_rows()),
+            Input::Mapped(f) => {
+                let n = f.count_rows();
+                f.check()?;
+                Ok(n)
+            }
             Input::Stream(f) => f.count_rows(limits),
             Input::Table(f) => {
                 f.check_schema(schema)?;

@@ -28,7 +28,6 @@ use arrow_array::{
 use arrow_buffer::Buffer;
 use arrow_json::writer::{make_encoder, EncoderOptions};
 use arrow_schema::{DataType, Field, FieldRef, Schema, SchemaRef};
-use memmap2::Mmap;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
     ParquetRecordBatchReaderBuilder,
@@ -37,6 +36,7 @@ use parquet::arrow::ProjectionMask;
 
 use crate::error::PipelineError;
 use crate::input::jsonl::{RowLimits, Validation};
+use crate::input::watched::WatchedMap;
 use crate::input::InputFormat;
 use crate::rows::{FieldKind, FieldSpec, RequestSchema, RowError};
 
@@ -60,7 +60,7 @@ enum PartData {
     /// The mapping and its record batches: each one's block, rows and
     /// first byte (decoded when the reader reaches it).
     Arrow {
-        map: Arc<Mmap>,
+        map: Arc<WatchedMap>,
         buffer: Buffer,
         decoder: Box<arrow_ipc::reader::FileDecoder>,
         batches: Vec<(arrow_ipc::Block, usize, usize)>,
@@ -73,11 +73,11 @@ enum PartData {
 }
 
 /// The mapping as the owner of an Arrow buffer.
-struct Mapped(Arc<Mmap>);
+struct Mapped(Arc<WatchedMap>);
 
 impl AsRef<[u8]> for Mapped {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.0.map()
     }
 }
 
@@ -99,6 +99,34 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> PipelineError {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string()),
     }
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs arrow's or parquet's decoding of untrusted bytes: both assert on
+/// some corrupt files (a buffer sliced past its end, a negative column
+/// offset), and such a panic becomes an error naming the file (`what` it
+/// was doing). The panic's own message is not printed.
+fn guarded<T>(
+    path: &Path,
+    what: &str,
+    f: impl FnOnce() -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    out.unwrap_or_else(|_| Err(bad(path, format!("{what}: the file is corrupt"))))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> PipelineError + '_ {
@@ -143,8 +171,8 @@ impl TableFile {
         let parts = files
             .iter()
             .map(|f| match format {
-                InputFormat::Arrow => Part::arrow(f),
-                _ => Part::parquet(f),
+                InputFormat::Arrow => guarded(f, "reading its footer", || Part::arrow(f)),
+                _ => guarded(f, "reading its footer", || Part::parquet(f)),
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(cols) = columns {
@@ -310,11 +338,17 @@ fn readable(kind: FieldKind, t: &DataType) -> bool {
 }
 
 impl Part {
+    /// Whether a mapped part's file is as it was when opened.
+    fn check(&self) -> Result<(), PipelineError> {
+        match &self.data {
+            PartData::Arrow { map, .. } => map.check(&self.path),
+            PartData::Parquet { .. } => Ok(()),
+        }
+    }
+
     fn arrow(path: &Path) -> Result<Self, PipelineError> {
         let file = File::open(path).map_err(io(path))?;
-        // SAFETY: read-only; a file changed by another process while it
-        // runs is outside what stook defends against (documented).
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(io(path))?);
+        let map = Arc::new(WatchedMap::new(file).map_err(io(path))?);
         let buffer = Buffer::from(bytes::Bytes::from_owner(Mapped(map.clone())));
         let not = |why: String| {
             bad(
@@ -447,18 +481,16 @@ impl Part {
                 ),
             ));
         }
-        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            decoder.read_record_batch(&block, &buffer.slice_with_length(from, len))
-        }))
-        .map_err(|_| {
-            bad(
-                &self.path,
-                format!("record batch {i} does not decode (the file is corrupt)"),
-            )
-        })?;
-        let b = decoded
-            .map_err(|e| bad(&self.path, format!("record batch {i}: {e}")))?
-            .ok_or_else(|| bad(&self.path, format!("record batch {i} is missing")))?;
+        let b = guarded(
+            &self.path,
+            &format!("record batch {i} does not decode"),
+            || {
+                decoder
+                    .read_record_batch(&block, &buffer.slice_with_length(from, len))
+                    .map_err(|e| bad(&self.path, format!("record batch {i}: {e}")))
+            },
+        )?
+        .ok_or_else(|| bad(&self.path, format!("record batch {i} is missing")))?;
         if b.num_rows() != rows {
             return Err(bad(
                 &self.path,
@@ -563,16 +595,23 @@ impl TableReader {
         n: usize,
     ) -> Result<Option<Chunk>, PipelineError> {
         let first_row = self.next_row;
-        let pieces = self.read(file, n)?;
+        let pieces = self.guarded_read(file, n)?;
         if pieces.is_empty() {
             return Ok(None);
         }
-        convert(file, &self.schema, limits, &pieces, first_row).map(Some)
+        let chunk = convert(file, &self.schema, limits, &pieces, first_row)?;
+        // A mapped file that changed under the reader: nothing read is used.
+        let mut parts: Vec<usize> = pieces.iter().map(|p| p.part).collect();
+        parts.dedup();
+        for p in parts {
+            file.parts[p].check()?;
+        }
+        Ok(Some(chunk))
     }
 
     /// Reads past the next `n` rows (fewer at the end); returns how many.
     pub fn skip(&mut self, file: &TableFile, n: usize) -> Result<usize, PipelineError> {
-        let pieces = self.read(file, n)?;
+        let pieces = self.guarded_read(file, n)?;
         Ok(pieces.iter().map(|p| p.batch.num_rows()).sum())
     }
 
@@ -590,6 +629,7 @@ impl TableReader {
             return;
         };
         // Past the last batch: all of it.
+        let map = map.map();
         let from = batches.get(*batch).map_or(map.len(), |&(_, _, from)| from);
         let end = from / 4096 * 4096;
         if end > 0 {
@@ -597,6 +637,12 @@ impl TableReader {
             let _ =
                 unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, end) };
         }
+    }
+
+    /// [`Self::read`], a decoder's panic an error naming the file.
+    fn guarded_read(&mut self, file: &TableFile, n: usize) -> Result<Vec<Piece>, PipelineError> {
+        let path = file.parts.get(self.part).map_or(&file.path, |p| &p.path);
+        guarded(path, "reading its rows", || self.read(file, n))
     }
 
     fn read(&mut self, file: &TableFile, n: usize) -> Result<Vec<Piece>, PipelineError> {

@@ -1,0 +1,6 @@
+//! The fuzz targets as a library for the libFuzzer binaries.
+
+#[path = "../harness.rs"]
+mod harness;
+
+pub use harness::*;
