@@ -1064,3 +1064,199 @@ fn json_text(field: &FieldRef, array: &dyn Array) -> Result<StringArray, Pipelin
     }
     Ok(out.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+
+    const LIMITS: RowLimits = RowLimits {
+        max_line_bytes: 1 << 20,
+    };
+
+    /// Rows `ids` with texts "t{id}" (`None` texts where `null_at`).
+    fn batch(ids: std::ops::Range<i64>, null_at: Option<i64>) -> RecordBatch {
+        let texts: Vec<Option<String>> = ids
+            .clone()
+            .map(|i| (Some(i) != null_at).then(|| format!("t{i}")))
+            .collect();
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
+            ),
+            ("text", Arc::new(StringArray::from(texts)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn parquet(path: &Path, batches: &[RecordBatch], group_rows: usize) {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(group_rows))
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            File::create(path).unwrap(),
+            batches[0].schema(),
+            Some(props),
+        )
+        .unwrap();
+        for b in batches {
+            w.write(b).unwrap();
+        }
+        w.close().unwrap();
+    }
+
+    fn arrow(path: &Path, batches: &[RecordBatch]) {
+        let mut w = arrow_ipc::writer::FileWriter::try_new(
+            File::create(path).unwrap(),
+            &batches[0].schema(),
+        )
+        .unwrap();
+        for b in batches {
+            w.write(b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+
+    /// Every chunk of `n` rows: (row numbers, rows within their file,
+    /// texts, ids as JSON text, bad rows' (row, line, message)).
+    #[allow(clippy::type_complexity)]
+    fn chunks(
+        file: &TableFile,
+        n: usize,
+    ) -> Vec<(
+        Vec<u64>,
+        Vec<u64>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(u64, u64, String)>,
+    )> {
+        let schema = RequestSchema::text_with_id("text", "id");
+        file.check_schema(&schema).unwrap();
+        let mut r = file.reader(&schema, n);
+        let mut all = Vec::new();
+        while let Some(c) = r.next_chunk(file, &LIMITS, n).unwrap() {
+            let strings = |a: &ArrayRef| -> Vec<String> {
+                a.as_string::<i32>()
+                    .iter()
+                    .map(|s| s.unwrap_or("∅").to_string())
+                    .collect()
+            };
+            assert_eq!(c.count, c.rows.len() + c.errors.len());
+            all.push((
+                c.rows.values().to_vec(),
+                c.lines.values().to_vec(),
+                strings(&c.fields[0]),
+                strings(&c.fields[1]),
+                c.errors
+                    .iter()
+                    .map(|e| (e.row, e.line, e.message.clone()))
+                    .collect(),
+            ));
+            r.release(file);
+        }
+        all
+    }
+
+    #[test]
+    fn a_directory_of_parquet_files_reads_in_name_order_across_files_and_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        parquet(&dir.path().join("b.parquet"), &[batch(5..8, None)], 10);
+        parquet(&dir.path().join("a.parquet"), &[batch(0..5, None)], 2);
+        // Not the table's: hidden, underscored, other extensions.
+        parquet(
+            &dir.path().join("_meta.parquet"),
+            &[batch(100..101, None)],
+            2,
+        );
+        parquet(
+            &dir.path().join(".tmp.parquet"),
+            &[batch(100..101, None)],
+            2,
+        );
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        let file = TableFile::open(dir.path(), InputFormat::Parquet, None).unwrap();
+        assert_eq!(file.rows(), 8);
+        let c = chunks(&file, 3);
+        let rows: Vec<Vec<u64>> = c.iter().map(|c| c.0.clone()).collect();
+        assert_eq!(rows, [vec![0, 1, 2], vec![3, 4, 5], vec![6, 7]]);
+        let lines: Vec<Vec<u64>> = c.iter().map(|c| c.1.clone()).collect();
+        assert_eq!(lines, [vec![1, 2, 3], vec![4, 5, 1], vec![2, 3]]);
+        let texts: Vec<String> = c.iter().flat_map(|c| c.2.clone()).collect();
+        assert_eq!(texts, (0..8).map(|i| format!("t{i}")).collect::<Vec<_>>());
+        let ids: Vec<String> = c.iter().flat_map(|c| c.3.clone()).collect();
+        assert_eq!(ids, (0..8).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn an_arrow_file_of_several_batches_reads_like_the_same_parquet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, p) = (dir.path().join("t.arrow"), dir.path().join("t.parquet"));
+        let batches = [batch(0..4, None), batch(4..5, None), batch(5..9, None)];
+        arrow(&a, &batches);
+        parquet(&p, &batches, 3);
+        let a = TableFile::open(&a, InputFormat::Arrow, None).unwrap();
+        let p = TableFile::open(&p, InputFormat::Parquet, None).unwrap();
+        assert_eq!((a.rows(), p.rows()), (9, 9));
+        for n in [1, 2, 4, 100] {
+            assert_eq!(chunks(&a, n), chunks(&p, n), "chunks of {n}");
+        }
+        assert_eq!(chunks(&a, 4).len(), 3);
+    }
+
+    #[test]
+    fn skip_passes_rows_and_the_next_chunk_numbers_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.arrow");
+        arrow(&path, &[batch(0..3, None), batch(3..10, None)]);
+        let file = TableFile::open(&path, InputFormat::Arrow, None).unwrap();
+        let schema = RequestSchema::text_with_id("text", "id");
+        let mut r = file.reader(&schema, 4);
+        assert_eq!(r.skip(&file, 5).unwrap(), 5);
+        let c = r.next_chunk(&file, &LIMITS, 4).unwrap().unwrap();
+        assert_eq!(c.rows.values().to_vec(), [5, 6, 7, 8]);
+        assert_eq!(c.span, (6, 9));
+        assert_eq!(r.skip(&file, 100).unwrap(), 1);
+        assert!(r.next_chunk(&file, &LIMITS, 4).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_null_required_text_is_a_bad_row_named_by_file_and_row_and_the_rest_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        parquet(&path, &[batch(0..6, Some(4))], 4);
+        let file = TableFile::open(&path, InputFormat::Parquet, None).unwrap();
+        let c = chunks(&file, 6);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].0, [0, 1, 2, 3, 5]);
+        assert_eq!(c[0].1, [1, 2, 3, 4, 6]);
+        let errors = &c[0].4;
+        assert_eq!(errors.len(), 1);
+        let (row, line, message) = &errors[0];
+        assert_eq!((*row, *line), (4, 5));
+        assert!(message.contains("\"text\""), "{message}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_columns_are_refused_naming_the_file_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        parquet(&path, &[batch(0..2, None)], 4);
+        let e = TableFile::open(&path, InputFormat::Parquet, Some(&["nope".to_string()]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("t.parquet") && e.contains("\"nope\""), "{e}");
+        let file = TableFile::open(&path, InputFormat::Parquet, None).unwrap();
+        let e = file
+            .check_schema(&RequestSchema::text_with_id("body", "id"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no column \"body\""), "{e}");
+        let e = file
+            .check_schema(&RequestSchema::text_with_id("id", "text"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("column \"id\" is of type Int64"), "{e}");
+    }
+}
