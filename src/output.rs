@@ -177,6 +177,16 @@ pub fn prepare(
     let worker = header.worker;
     let own = worker.manifest_name();
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
+    let refuse_foreign = |entries: &[String]| match entries.iter().find(|n| !is_ours(n)) {
+        Some(other) => Err(RunError::OutputNotEmpty {
+            dir: dir.to_path_buf(),
+            found: other.clone(),
+        }),
+        None => Ok(()),
+    };
+    // A directory that is not stook's gets nothing, not even a lock file;
+    // looked at again once the lock is held.
+    refuse_foreign(&list(dir)?)?;
     let lock = lock(dir, worker)?;
     let entries = list(dir)?;
     if worker.is_alone() {
@@ -195,12 +205,7 @@ pub fn prepare(
             }
         }
     }
-    if let Some(other) = entries.iter().find(|n| !is_ours(n)) {
-        return Err(RunError::OutputNotEmpty {
-            dir: dir.to_path_buf(),
-            found: other.clone(),
-        });
-    }
+    refuse_foreign(&entries)?;
     let unreadable = |e: stook_actors::checkpoint::ManifestError| RunError::Resume {
         dir: dir.to_path_buf(),
         why: e.to_string(),

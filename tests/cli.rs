@@ -656,6 +656,15 @@ fn a_plain_run_deletes_no_user_file_that_only_looks_like_stooks() {
                     "{n} touched"
                 );
             }
+            // Nothing of stook's added either (not even its lock file).
+            let mut here: Vec<String> = std::fs::read_dir(&out)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect();
+            here.sort();
+            let mut expect: Vec<String> = all.iter().map(|n| n.to_string()).collect();
+            expect.sort();
+            assert_eq!(here, expect, "{a:?}");
         }
         for n in &all {
             std::fs::remove_file(out.join(n)).unwrap();
