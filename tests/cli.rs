@@ -816,3 +816,90 @@ fn sigbus_an_input_truncated_while_mapped_is_a_clear_error_and_resumes() {
         assert!(line.starts_with(&format!("{{\"id\":{i},")), "{line}");
     }
 }
+
+/// A tmpfs of `size` mounted on `dir` (as root), unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "this test fills a small disk: it mounts a tmpfs, which needs root: {}",
+            stderr(&o)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let o = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+/// Finding 7: a disk that fills during the run. The run stops with an
+/// error naming the file it could not write and why, leaves no temporary
+/// file, keeps its committed shards whole, and once there is room the
+/// rerun resumes to the complete output.
+#[test]
+fn full_disk_the_run_stops_naming_the_file_leaves_no_temporary_and_resumes() {
+    let c = Case::new();
+    // About 3 MB of output in shards of about 100 KB, into 256 KiB.
+    let rows: String = (0..3000)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"text\": \"row {i} {}\"}}\n",
+                "x".repeat(1000)
+            )
+        })
+        .collect();
+    c.input(rows.as_bytes());
+    let out = c.path("out");
+    let disk = Tmpfs::mount(&out, "256k");
+    let cfg = c.path("job.toml");
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"in.jsonl\"\n[output]\npath = \"out\"\n[model]\nbackend = \"echo\"\n\
+         [batch]\nsize = 10\n[checkpoint]\nshard_rows = 100\n",
+    )
+    .unwrap();
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(out.to_str().unwrap()),
+        "names no file in out/: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(temporaries(&out).is_empty(), "{:?}", temporaries(&out));
+    assert!(!out.join("_SUCCESS").exists());
+    let manifest = std::fs::read_to_string(out.join("_manifest.jsonl")).unwrap();
+    let committed = manifest.lines().count() - 1;
+    assert!(committed < 30, "{committed} shards");
+    let written = String::from_utf8(output_bytes(&out)).unwrap();
+    assert_eq!(written.lines().count(), committed * 100);
+    disk.resize("16m");
+    let o = c.stook(&["run", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = String::from_utf8(output_bytes(&out)).unwrap();
+    assert_eq!(written.lines().count(), 3000);
+    for (i, line) in written.lines().enumerate() {
+        assert!(line.starts_with(&format!("{{\"id\": {i},")), "{i}");
+    }
+}

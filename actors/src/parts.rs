@@ -94,9 +94,11 @@ pub fn table_schema(
 }
 
 /// A file being written under a temporary name, counting bytes and CRC.
+/// Dropped before it is committed (a failed write, a failed commit, a
+/// stopped run), it removes its temporary file.
 pub struct TempFile {
     tmp: PathBuf,
-    out: BufWriter<File>,
+    out: Option<BufWriter<File>>,
     crc: crc32fast::Hasher,
     bytes: u64,
 }
@@ -108,38 +110,59 @@ impl TempFile {
         let file = crate::checkpoint::create_no_follow(&tmp)?;
         Ok(TempFile {
             tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
             crc: crc32fast::Hasher::new(),
             bytes: 0,
         })
     }
 
+    fn out(&mut self) -> std::io::Result<&mut BufWriter<File>> {
+        self.out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the file was already committed"))
+    }
+
     /// Flushes, syncs and renames to `dir/name`; returns (bytes, crc32).
-    pub fn commit(self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+    /// On failure the temporary file is removed.
+    pub fn commit(mut self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
+        let out = self.out.take();
+        let file = out
+            .ok_or_else(|| std::io::Error::other("the file was already committed"))?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
         std::fs::rename(&self.tmp, dir.join(name))?;
-        Ok((self.bytes, self.crc.finalize()))
+        // Renamed: nothing left to remove.
+        self.tmp = PathBuf::new();
+        Ok((self.bytes, self.crc.clone().finalize()))
     }
 
     /// Removes the temporary file.
     pub fn discard(self) {
-        drop(self.out);
-        let _ = std::fs::remove_file(&self.tmp);
+        drop(self)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        drop(self.out.take());
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
 impl Write for TempFile {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = self.out.write(data)?;
+        let n = self.out()?.write(data)?;
         self.crc.update(&data[..n]);
         self.bytes += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        self.out()?.flush()
     }
 }
 
@@ -229,14 +252,8 @@ impl PartWriter {
         file.commit(dir, name)
     }
 
-    /// Removes the temporary file, unfinished.
+    /// Removes the temporary file, unfinished (as dropping it does).
     pub fn discard(self) {
-        let tmp = match &self {
-            PartWriter::Jsonl(f, _) => f.tmp.clone(),
-            PartWriter::Parquet(w, _) => w.inner().tmp.clone(),
-            PartWriter::Arrow(w, _) => w.get_ref().tmp.clone(),
-        };
-        drop(self);
-        let _ = std::fs::remove_file(tmp);
+        drop(self)
     }
 }
