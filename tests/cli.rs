@@ -741,6 +741,18 @@ fn merge_and_assemble_never_write_through_a_symlink() {
     assert!(c.path(".all.jsonl.tmp").is_symlink());
 }
 
+/// `n` JSON rows of about 1 KiB each.
+fn rows_of_a_kib(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"text\": \"row {i} {}\"}}\n",
+                "x".repeat(1000)
+            )
+        })
+        .collect()
+}
+
 /// A mapped input truncated by another process during the run used to
 /// kill stook with SIGBUS (no message, `.tmp` files left). Now the run
 /// stops with an error naming the file, leaves no temporary file and keeps
@@ -750,14 +762,7 @@ fn merge_and_assemble_never_write_through_a_symlink() {
 fn sigbus_an_input_truncated_while_mapped_is_a_clear_error_and_resumes() {
     let c = Case::new();
     // 3,000 rows of about 1 KiB: 750 pages, far more than the first shards read.
-    let rows: String = (0..3000)
-        .map(|i| {
-            format!(
-                "{{\"id\": {i}, \"text\": \"row {i} {}\"}}\n",
-                "x".repeat(1000)
-            )
-        })
-        .collect();
+    let rows = rows_of_a_kib(3000);
     let input = c.input(rows.as_bytes());
     let modified = std::fs::metadata(&input).unwrap().modified().unwrap();
     let cfg = c.config("batch_ms = 20", "size = 10\nnum_actors = 2");
@@ -860,14 +865,7 @@ impl Drop for Tmpfs {
 fn full_disk_the_run_stops_naming_the_file_leaves_no_temporary_and_resumes() {
     let c = Case::new();
     // About 3 MB of output in shards of about 100 KB, into 256 KiB.
-    let rows: String = (0..3000)
-        .map(|i| {
-            format!(
-                "{{\"id\": {i}, \"text\": \"row {i} {}\"}}\n",
-                "x".repeat(1000)
-            )
-        })
-        .collect();
+    let rows = rows_of_a_kib(3000);
     c.input(rows.as_bytes());
     let out = c.path("out");
     let disk = Tmpfs::mount(&out, "256k");
