@@ -14,7 +14,7 @@ use stook::backends::{openai, sheaf};
 use stook::{BackendRegistry, Job, JobConfig};
 use stook_actors::batch::encode_input;
 use stook_actors::checkpoint::{verify, Manifest};
-use stook_actors::input::{Input, InputFormat, RowLimits};
+use stook_actors::input::{Input, RowLimits};
 use stook_actors::rows::{parse_row, Lines, ParsedRow};
 use stook_actors::{ObjectStore, RequestBatch, RequestSchema};
 
@@ -37,7 +37,7 @@ pub const TARGETS: &[(&str, Target)] = &[
 /// opened, counted and validated as `stook validate` and a run do.
 pub fn jsonl(data: &[u8]) {
     let path = scratch("in.jsonl", data);
-    read_input(&path, None, &RequestSchema::text_with_id("text", "id"));
+    read_input(&path, &RequestSchema::text_with_id("text", "id"));
 }
 
 /// Request files: the first byte picks sheaf-serve's or OpenAI's batch
@@ -53,7 +53,7 @@ pub fn requests(data: &[u8]) {
         openai::schema()
     };
     let path = scratch("in.jsonl", lines);
-    read_input(&path, None, &schema);
+    read_input(&path, &schema);
     let rows: Vec<(u64, u64, ParsedRow<'_>)> = Lines::new(lines, 0, 1)
         .filter(|l| !l.is_blank() && l.bytes.len() <= LIMITS.max_line_bytes)
         .enumerate()
@@ -68,8 +68,7 @@ pub fn requests(data: &[u8]) {
         return;
     }
     STORE.with(|store| {
-        let bytes: usize = lines.len();
-        let bound = stook_actors::batch::input_bound(&schema, rows.len(), bytes);
+        let bound = stook_actors::batch::input_bound(&schema, rows.len(), lines.len());
         let Ok(Some(room)) = store.try_reserve(bound) else {
             return;
         };
@@ -116,13 +115,13 @@ pub fn zstd(data: &[u8]) {
 /// A Parquet file: its footer, schema check, every row converted.
 pub fn parquet(data: &[u8]) {
     let path = scratch("in.parquet", data);
-    read_input(&path, None, &RequestSchema::text_with_id("text", "id"));
+    read_input(&path, &RequestSchema::text_with_id("text", "id"));
 }
 
 /// An Arrow IPC file, as [`parquet`].
 pub fn arrow(data: &[u8]) {
     let path = scratch("in.arrow", data);
-    read_input(&path, None, &RequestSchema::text_with_id("text", "id"));
+    read_input(&path, &RequestSchema::text_with_id("text", "id"));
 }
 
 /// A checkpoint manifest read back on resume: parsed, its header compared
@@ -168,12 +167,12 @@ fn compressed(data: &[u8], name: &str, compress: fn(&[u8]) -> Vec<u8>) {
         compress(rest)
     };
     let path = scratch(name, &bytes);
-    read_input(&path, None, &RequestSchema::text_with_id("text", "id"));
+    read_input(&path, &RequestSchema::text_with_id("text", "id"));
 }
 
 /// What a run does with an input before and while reading it.
-fn read_input(path: &Path, format: Option<InputFormat>, schema: &RequestSchema) {
-    let Ok(input) = Input::open(path, format, None) else {
+fn read_input(path: &Path, schema: &RequestSchema) {
+    let Ok(input) = Input::open(path, None, None) else {
         return;
     };
     let counted = input.count_rows(schema, &LIMITS);

@@ -140,18 +140,16 @@ impl Input {
         keep: usize,
     ) -> Result<Validation, PipelineError> {
         let mut v = match self {
-            Input::Mapped(f) => {
-                let v = f.validate(schema, limits, threads, keep);
-                f.check()?;
-                v
-            }
+            Input::Mapped(f) => f.validate(schema, limits, threads, keep),
             Input::Stream(f) => f.validate(schema, limits, keep)?,
             Input::Table(f) => f.validate(schema, limits, keep)?,
         };
-        let (count, repeats) = unique::repeats(self, schema, limits, keep)?;
+        let repeated = unique::repeats(self, schema, limits, keep);
+        // A mapped file that changed under both reads: nothing read counts.
         if let Input::Mapped(f) = self {
             f.check()?;
         }
+        let (count, repeats) = repeated?;
         if count > 0 {
             v.error_count += count;
             v.errors.extend(repeats);

@@ -34,14 +34,14 @@ struct Slot {
     taken: AtomicBool,
 }
 
-#[allow(clippy::declare_interior_mutable_const)]
-const FREE: Slot = Slot {
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    faulted: AtomicBool::new(false),
-    taken: AtomicBool::new(false),
-};
-static WATCHED: [Slot; SLOTS] = [FREE; SLOTS];
+static WATCHED: [Slot; SLOTS] = [const {
+    Slot {
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        faulted: AtomicBool::new(false),
+        taken: AtomicBool::new(false),
+    }
+}; SLOTS];
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
 
