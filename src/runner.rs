@@ -18,17 +18,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::prelude::*;
 use stook_actors::checkpoint::{Todo, Worker, ERRORS};
 use stook_actors::input::{Input, RowLimits, Validation};
 use stook_actors::messages::SinkSummary;
+use stook_actors::pipeline::{self, Feed, PipelineConfig};
 use stook_actors::rows::{data_start, Lines};
-use stook_actors::scheduler::{batch_need, Pipeline, Scheduler, SchedulerConfig};
-use stook_actors::sink::{ResultSender, Sink, SinkConfig};
-use stook_actors::source::{RowFeed, Source, SourceConfig};
+use stook_actors::scheduler::batch_need;
+use stook_actors::sink::{ResultSender, SinkConfig};
+use stook_actors::source::RowFeed;
 use stook_actors::{
-    Backend, BackendActor, Device, DeviceError, GpuInventory, ObjectStore, PipelineError, Progress,
-    RowError, SharedModel, StoreStats,
+    Backend, Device, DeviceError, GpuInventory, PipelineError, Progress, RowError, SharedModel,
+    StoreStats,
 };
 
 use arrow_schema::DataType;
@@ -36,7 +36,7 @@ use stook_actors::OutputColumns;
 use stook_actors::RequestSchema;
 
 use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
-use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
+use crate::output::{self, CheckpointError, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunFacts, RunReport};
 
@@ -66,27 +66,7 @@ pub enum RunError {
         /// The input.
         path: PathBuf,
     },
-    /// The output directory holds files that are not this job's.
-    #[error(
-        "{}: the output directory is not empty (it holds {found}); remove it, choose another \
-         output.path, or pass --fresh to delete stook's files there",
-        .dir.display()
-    )]
-    OutputNotEmpty {
-        /// The directory.
-        dir: PathBuf,
-        /// One file found.
-        found: String,
-    },
-    /// The output directory cannot be resumed.
-    #[error("{}: cannot resume: {why}", .dir.display())]
-    Resume {
-        /// The output directory.
-        dir: PathBuf,
-        /// Why not.
-        why: String,
-    },
-    /// The output directory could not be prepared.
+    /// A file could not be read or written (the input's fingerprint, the report).
     #[error("{}: {source}", .path.display())]
     Output {
         /// The path.
@@ -94,39 +74,9 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
-    /// Another stook process holds a lock in the output directory that a
-    /// run alone would clear.
-    #[error(
-        "{}: another stook process is running on this output directory (it holds {lock}); \
-         wait for it or stop it",
-        .dir.display()
-    )]
-    InUse {
-        /// The output directory.
-        dir: PathBuf,
-        /// The lock file held.
-        lock: String,
-    },
-    /// Another process runs the same worker on this output directory.
-    #[error(
-        "{}: another stook process is running worker {worker} on this output directory \
-         (it holds the lock); wait for it or stop it",
-        .dir.display()
-    )]
-    Busy {
-        /// The output directory.
-        dir: PathBuf,
-        /// The worker.
-        worker: Worker,
-    },
-    /// `merge` found shards missing, stale or damaged.
-    #[error("{}: cannot merge: {why}", .dir.display())]
-    Incomplete {
-        /// The output directory.
-        dir: PathBuf,
-        /// What is missing or wrong.
-        why: String,
-    },
+    /// The output directory cannot be prepared, resumed or merged.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// The pipeline stopped.
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
@@ -460,14 +410,22 @@ impl Job {
     pub fn layout(&self) -> Result<Layout, RunError> {
         let input = self.open_input()?;
         let rows = input.count_rows(&self.source_schema(), &self.limits())?;
-        Ok(Layout::new(&self.config, rows))
+        Ok(Layout::new(
+            rows,
+            self.config.batch.size as u64,
+            self.config.shard_batches(),
+        ))
     }
 
     /// Where the job's output stands: shards committed per worker, what is
     /// missing. Reads the manifests; loads no model.
     pub fn status(&self) -> Result<Status, RunError> {
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
-        output::status(&self.config.output.path, &header, self.layout()?)
+        Ok(output::status(
+            &self.config.output.path,
+            &header,
+            self.layout()?,
+        )?)
     }
 
     /// Once every worker's shards are committed: verifies every part and
@@ -477,17 +435,17 @@ impl Job {
         self.check_locations()?;
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
         let cfg = &self.config;
-        output::merge(
+        Ok(output::merge(
             &cfg.output.path,
             &header,
             self.layout()?,
             cfg.output.assemble.as_deref(),
-        )
+        )?)
     }
 
     /// Runs the job in a new `actix::System` on this thread.
     pub fn run_blocking(&self, control: RunControl) -> Result<RunReport, RunError> {
-        System::new().block_on(self.run(control))
+        actix::System::new().block_on(self.run(control))
     }
 
     /// Runs the job inside the current `actix::System`.
@@ -521,7 +479,7 @@ impl Job {
         })
         .await?;
         let rows_total = rows_total?;
-        let layout = Layout::new(cfg, rows_total);
+        let layout = Layout::new(rows_total, cfg.batch.size as u64, cfg.shard_batches());
         control.progress.set_total(layout.rows_of(worker));
         if !worker.is_alone() {
             tracing::info!(
@@ -572,7 +530,7 @@ impl Job {
         let (summary, stats) = self
             .pipeline(
                 &control,
-                move |source_cfg| Source::new(input, source_cfg),
+                Feed::Input(input),
                 sink_cfg,
                 columns,
                 &devices,
@@ -640,7 +598,10 @@ impl Job {
         let (summary, stats) = self
             .pipeline(
                 &control,
-                move |c| Source::from_rows("rows", rows, c),
+                Feed::Rows {
+                    name: "rows".into(),
+                    rows,
+                },
                 sink_cfg,
                 columns,
                 &devices,
@@ -668,113 +629,42 @@ impl Job {
         ))
     }
 
-    /// Starts the store and the actors (the Source from `make_source`),
-    /// waits for the outcome and joins every thread. The Source skips what
-    /// the Sink skips (`sink_cfg.todo`).
+    /// Runs the actors over `feed` ([`stook_actors::pipeline`]) and waits
+    /// for the outcome; every thread is joined.
     async fn pipeline(
         &self,
         control: &RunControl,
-        make_source: impl FnOnce(SourceConfig) -> Source + Send + 'static,
-        sink_cfg: SinkConfig,
+        feed: Feed,
+        sink: SinkConfig,
         columns: OutputColumns,
         devices: &[Device],
         input_key: Arc<str>,
     ) -> Result<(SinkSummary, StoreStats), RunError> {
         let cfg = &self.config;
-        let schema = columns.request.clone();
-        let todo = sink_cfg.todo.clone();
-        let store = ObjectStore::with_options(
-            cfg.memory.object_store.as_usize(),
-            Some(control.progress.clone()),
-            cfg.memory.holder_accounting,
-        )
-        .map_err(PipelineError::from)?;
-
-        // 4. The actors, each with a lifetime on its own thread.
-        let mut arbiters = Vec::new();
-        let source = {
-            let arb = Arbiter::new();
-            let source_cfg = SourceConfig {
-                schema: schema.clone(),
-                batch_size: cfg.batch.size,
-                limits: self.limits(),
-                skip_bad_rows: cfg.batch.on_error == OnError::Skip,
-                todo,
-            };
-            let addr = Source::start_in_arbiter(&arb.handle(), move |_| make_source(source_cfg));
-            arbiters.push(arb);
-            addr
-        };
-        let sink = {
-            let arb = Arbiter::new();
-            let progress = control.progress.clone();
-            let addr =
-                Sink::start_in_arbiter(&arb.handle(), move |_| Sink::new(sink_cfg, progress));
-            arbiters.push(arb);
-            addr
-        };
-        let shared = control.shared_model.clone().unwrap_or_default();
-        let workers = devices
-            .iter()
-            .map(|device| {
-                let arb = Arbiter::new();
-                let (backend, device, progress) = (
-                    self.backend.clone(),
-                    device.clone(),
-                    control.progress.clone(),
-                );
-                let (shared, key) = (shared.clone(), input_key.clone());
-                let cols = columns.clone();
-                let compute = cfg.batch.compute;
-                let addr = BackendActor::start_in_arbiter(&arb.handle(), move |_| {
-                    match compute {
-                        Compute::Actors => BackendActor::owning(backend, device, progress),
-                        Compute::Tasks => BackendActor::sharing(backend, device, shared, progress),
-                    }
-                    .with_input_key(key)
-                    .with_columns(cols)
-                });
-                arbiters.push(arb);
-                addr
-            })
-            .collect();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sched_cfg = SchedulerConfig {
+        let running = pipeline::start(PipelineConfig {
+            feed,
+            backend: self.backend.clone(),
+            devices: devices.to_vec(),
+            shared_model: match cfg.batch.compute {
+                Compute::Actors => None,
+                Compute::Tasks => Some(control.shared_model.clone().unwrap_or_default()),
+            },
+            columns,
+            store_bytes: cfg.memory.object_store.as_usize(),
+            holder_accounting: cfg.memory.holder_accounting,
+            batch_size: cfg.batch.size,
+            limits: self.limits(),
+            skip_bad_rows: cfg.batch.on_error == OnError::Skip,
             max_retries: cfg.batch.max_retries,
             reorder_window: cfg.output.preserve_order.then(|| cfg.batch.window()),
-            lookahead: cfg.batch.num_actors,
-            skip_bad_rows: cfg.batch.on_error == OnError::Skip,
-            input_name: cfg.input.path.display().to_string().into(),
             timeout: cfg.batch.timeout.map(|t| t.0),
-            columns,
-        };
-        let backend = self.backend.clone();
-        let cancel = control.cancel.clone();
-        let progress = control.progress.clone();
-        let store2 = store.clone();
-        Scheduler::create(move |_| {
-            Scheduler::new(
-                sched_cfg,
-                store2,
-                backend,
-                Pipeline {
-                    source,
-                    workers,
-                    sink,
-                },
-                cancel,
-                progress,
-                tx,
-            )
-        });
-
-        // 5. The outcome; then every thread stops and is joined.
-        let outcome = rx
-            .await
-            .unwrap_or(Err(PipelineError::ActorGone("scheduler")));
-        join_arbiters(arbiters, cfg.batch.timeout.map(|t| t.0)).await;
-        let stats = store.stats();
-        drop(store);
+            input_name: cfg.input.path.display().to_string().into(),
+            input_key,
+            sink,
+            progress: control.progress.clone(),
+            cancel: control.cancel.clone(),
+        })?;
+        let (outcome, stats) = running.finish().await;
         Ok((outcome?, stats))
     }
 
@@ -833,36 +723,6 @@ impl Job {
             .into());
         }
         Ok(devices)
-    }
-}
-
-/// Stops every arbiter and joins its thread, without blocking the host's
-/// thread. An actor still inside a model call (one abandoned past
-/// `batch.timeout`) cannot be interrupted: after the timeout its thread is
-/// left to finish on its own, and said so.
-async fn join_arbiters(arbiters: Vec<Arbiter>, timeout: Option<std::time::Duration>) {
-    for arb in &arbiters {
-        arb.stop();
-    }
-    let n = arbiters.len();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let joiner = std::thread::spawn(move || {
-        for arb in arbiters {
-            let _ = arb.join();
-        }
-        let _ = tx.send(());
-    });
-    let joined = match timeout {
-        None => rx.await.is_ok(),
-        Some(t) => matches!(actix_rt::time::timeout(t, rx).await, Ok(Ok(()))),
-    };
-    if joined {
-        let _ = joiner.join();
-    } else {
-        tracing::warn!(
-            threads = n,
-            "actor threads still busy in a model call; left to finish"
-        );
     }
 }
 

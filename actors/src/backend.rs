@@ -86,12 +86,16 @@ pub struct BackendActor {
 
 impl BackendActor {
     /// An actor that loads its own model on `LoadModel`.
-    pub fn owning(backend: Arc<dyn Backend>, device: Device, progress: Arc<Progress>) -> Self {
+    pub(crate) fn owning(
+        backend: Arc<dyn Backend>,
+        device: Device,
+        progress: Arc<Progress>,
+    ) -> Self {
         Self::with_slot(backend, device, Slot::Own(None), progress)
     }
 
     /// A stateless worker over a shared model.
-    pub fn sharing(
+    pub(crate) fn sharing(
         backend: Arc<dyn Backend>,
         device: Device,
         shared: Arc<SharedModel>,
@@ -120,14 +124,14 @@ impl BackendActor {
     /// from the input ahead of the backend's own; an absent or null value
     /// is left out). The Source must encode the same extended request
     /// schema ([`OutputColumns::request`]).
-    pub fn with_columns(mut self, columns: OutputColumns) -> Self {
+    pub(crate) fn with_columns(mut self, columns: OutputColumns) -> Self {
         self.columns = columns;
         self
     }
 
     /// Labels every batch with `key`, what identifies the input by content
     /// ([`RequestBatch::input_key`]).
-    pub fn with_input_key(mut self, key: Arc<str>) -> Self {
+    pub(crate) fn with_input_key(mut self, key: Arc<str>) -> Self {
         self.input_key = key;
         self
     }

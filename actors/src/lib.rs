@@ -26,6 +26,7 @@ pub mod json_lines;
 pub mod messages;
 pub mod model;
 pub mod parts;
+pub mod pipeline;
 pub mod progress;
 pub mod results;
 pub mod rows;

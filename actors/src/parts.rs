@@ -13,9 +13,8 @@
 //! them as they are; JSON Lines are encoded from them here, once
 //! ([`crate::json_lines`]).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -24,6 +23,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::checkpoint::AtomicFile;
 use crate::json_lines::{self, LineEncoder};
 use crate::results::{OutputBatch, RESULT, ROW};
 
@@ -93,79 +93,6 @@ pub fn table_schema(
     Arc::new(Schema::new(fields))
 }
 
-/// A file being written under a temporary name, counting bytes and CRC.
-/// Dropped before it is committed (a failed write, a failed commit, a
-/// stopped run), it removes its temporary file.
-pub struct TempFile {
-    tmp: PathBuf,
-    out: Option<BufWriter<File>>,
-    crc: crc32fast::Hasher,
-    bytes: u64,
-}
-
-impl TempFile {
-    /// Creates `dir/.name.tmp`.
-    pub fn create(dir: &Path, name: &str) -> std::io::Result<Self> {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let file = crate::checkpoint::create_no_follow(&tmp)?;
-        Ok(TempFile {
-            tmp,
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-            crc: crc32fast::Hasher::new(),
-            bytes: 0,
-        })
-    }
-
-    fn out(&mut self) -> std::io::Result<&mut BufWriter<File>> {
-        self.out
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("the file was already committed"))
-    }
-
-    /// Flushes, syncs and renames to `dir/name`; returns (bytes, crc32).
-    /// On failure the temporary file is removed.
-    pub fn commit(mut self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
-        let out = self.out.take();
-        let file = out
-            .ok_or_else(|| std::io::Error::other("the file was already committed"))?
-            .into_inner()
-            .map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&self.tmp, dir.join(name))?;
-        // Renamed: nothing left to remove.
-        self.tmp = PathBuf::new();
-        Ok((self.bytes, self.crc.clone().finalize()))
-    }
-
-    /// Removes the temporary file.
-    pub fn discard(self) {
-        drop(self)
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        drop(self.out.take());
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-impl Write for TempFile {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = self.out()?.write(data)?;
-        self.crc.update(&data[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.out()?.flush()
-    }
-}
-
 fn io_error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
@@ -173,11 +100,11 @@ fn io_error(e: impl std::fmt::Display) -> std::io::Error {
 /// One part file being written.
 pub enum PartWriter {
     /// JSON Lines.
-    Jsonl(TempFile, String),
+    Jsonl(AtomicFile, String),
     /// Parquet, one row group per batch.
-    Parquet(Box<ArrowWriter<TempFile>>, SchemaRef),
+    Parquet(Box<ArrowWriter<AtomicFile>>, SchemaRef),
     /// Arrow IPC file, one record batch per batch.
-    Arrow(Box<arrow_ipc::writer::FileWriter<TempFile>>, SchemaRef),
+    Arrow(Box<arrow_ipc::writer::FileWriter<AtomicFile>>, SchemaRef),
 }
 
 impl PartWriter {
@@ -188,7 +115,7 @@ impl PartWriter {
         format: OutputFormat,
         schema: &SchemaRef,
     ) -> std::io::Result<Self> {
-        let file = TempFile::create(dir, name)?;
+        let file = AtomicFile::create(dir, name)?;
         Ok(match format {
             OutputFormat::Jsonl => PartWriter::Jsonl(file, String::new()),
             OutputFormat::Parquet => {
@@ -240,7 +167,7 @@ impl PartWriter {
 
     /// Finishes the file (footers) and renames it into place; returns
     /// (bytes, crc32).
-    pub fn commit(self, dir: &Path, name: &str) -> std::io::Result<(u64, u32)> {
+    pub fn commit(self) -> std::io::Result<(u64, u32)> {
         let file = match self {
             PartWriter::Jsonl(f, _) => f,
             PartWriter::Parquet(w, _) => w.into_inner().map_err(io_error)?,
@@ -249,7 +176,7 @@ impl PartWriter {
                 w.into_inner().map_err(io_error)?
             }
         };
-        file.commit(dir, name)
+        file.commit()
     }
 
     /// Removes the temporary file, unfinished (as dropping it does).

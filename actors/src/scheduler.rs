@@ -39,7 +39,7 @@ use crate::store::{Holder, ObjectRef, ObjectStore, Reservation};
 
 /// How the Scheduler admits and retries.
 #[derive(Clone, Debug)]
-pub struct SchedulerConfig {
+pub(crate) struct SchedulerConfig {
     /// Retries of a failed batch before the run fails.
     pub max_retries: u32,
     /// How far ahead of the oldest unfinished batch to admit; `None` admits
@@ -72,7 +72,7 @@ struct Work {
 }
 
 /// The actors a Scheduler drives.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     /// The Source.
     pub source: Addr<Source>,
     /// The backend pool.
@@ -110,7 +110,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A Scheduler over `actors`; the run's outcome is sent on `done`.
-    pub fn new(
+    pub(crate) fn new(
         cfg: SchedulerConfig,
         store: ObjectStore,
         backend: Arc<dyn Backend>,

@@ -23,12 +23,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::checkpoint::{
-    append_record, errors_name, open_for_append, part_name, sync_dir, ShardRecord, Todo,
+    append_record, errors_name, open_for_append, part_name, AtomicFile, ShardRecord, Todo,
 };
 use crate::error::PipelineError;
 use crate::json_lines::LineEncoder;
 use crate::messages::{Deliver, Finish, SinkSummary};
-use crate::parts::{OutputFormat, PartWriter, TempFile};
+use crate::parts::{OutputFormat, PartWriter};
 use crate::progress::Progress;
 use crate::results::OutputBatch;
 use crate::rows::RowError;
@@ -104,7 +104,7 @@ struct OpenShard {
     name: String,
     errors_name: String,
     part: PartWriter,
-    errors: Option<TempFile>,
+    errors: Option<AtomicFile>,
     batches: Vec<(u64, u64)>,
     count: u64,
     rows: u64,
@@ -135,7 +135,7 @@ pub struct Sink {
 
 impl Sink {
     /// A Sink writing into `cfg.dir`.
-    pub fn new(cfg: SinkConfig, progress: Arc<Progress>) -> Self {
+    pub(crate) fn new(cfg: SinkConfig, progress: Arc<Progress>) -> Self {
         let next_unordered_shard = cfg.done_shards.last().map_or(0, |s| s + 1);
         let mut sink = Sink {
             cfg,
@@ -284,12 +284,13 @@ impl Sink {
         let (mut errors_bytes, mut errors_crc32) = (0, None);
         if let Some(errors) = shard.errors {
             let ename = shard.errors_name;
-            let r = errors.commit(&dir, &ename);
+            let r = errors.commit();
             let (bytes, crc) = self.io(&ename, r)?;
             (errors_bytes, errors_crc32) = (bytes, Some(crc));
         }
-        let (bytes, crc32) = self.io(&name, shard.part.commit(&dir, &name))?;
-        self.io(&name, sync_dir(&dir))?;
+        // Each commit syncs the directory: the part and its bad rows are
+        // durable under their names before the manifest records them.
+        let (bytes, crc32) = self.io(&name, shard.part.commit())?;
         let record = ShardRecord {
             shard: shard.index,
             part: name.clone(),
@@ -338,7 +339,7 @@ impl Sink {
 fn write_bad_rows(shard: &mut OpenShard, dir: &Path, errors: &[RowError]) -> std::io::Result<()> {
     let file = match &mut shard.errors {
         Some(f) => f,
-        none => none.insert(TempFile::create(dir, &shard.errors_name)?),
+        none => none.insert(AtomicFile::create(dir, &shard.errors_name)?),
     };
     let mut buf = Vec::new();
     for e in errors {

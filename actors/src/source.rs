@@ -32,7 +32,7 @@ use crate::rows::{data_start, is_blank, Lines, RequestSchema};
 pub use crate::input::{RowLimits, Validation};
 
 /// What the Source needs to know.
-pub struct SourceConfig {
+pub(crate) struct SourceConfig {
     /// The backend's request schema.
     pub schema: RequestSchema,
     /// Rows per batch.
@@ -90,7 +90,7 @@ pub struct Source {
 
 impl Source {
     /// A Source over `input`, at its first row.
-    pub fn new(input: Input, cfg: SourceConfig) -> Self {
+    pub(crate) fn new(input: Input, cfg: SourceConfig) -> Self {
         let mut failed = None;
         let (reader, shown) = match input {
             Input::Mapped(f) => {
@@ -151,7 +151,7 @@ impl Source {
 
     /// A Source over rows from memory (`name` in messages); each row's
     /// "line" is its 1-based position.
-    pub fn from_rows(name: &str, feed: RowFeed, cfg: SourceConfig) -> Self {
+    pub(crate) fn from_rows(name: &str, feed: RowFeed, cfg: SourceConfig) -> Self {
         let mut s = Source::new(Input::Mapped(InputFile::none(name)), cfg);
         s.reader = Reader::Feed(feed);
         s

@@ -16,11 +16,18 @@
 //! filesystem, and no manifest append needs to be atomic across processes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod files;
+pub mod protocol;
+
+pub use files::{
+    append_record, create_no_follow, open_for_append, parent_of, sync_dir, write_atomic, AtomicFile,
+};
 
 /// A lone worker's manifest in the output directory.
 pub const MANIFEST: &str = "_manifest.jsonl";
@@ -492,81 +499,6 @@ pub fn is_manifest(name: &str) -> bool {
     is_worker_file(name, MANIFEST_STEM, "jsonl")
 }
 
-/// Appends one shard record to the manifest and syncs it.
-pub fn append_record(file: &mut File, record: &ShardRecord) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    // One write of one whole line, then a sync: a crash leaves at most a
-    // torn last line, which a reader drops.
-    file.write_all(&line)?;
-    file.sync_data()
-}
-
-/// Opens the manifest `dir/name` for appending.
-pub fn open_for_append(dir: &Path, name: &str) -> std::io::Result<File> {
-    OpenOptions::new().append(true).open(dir.join(name))
-}
-
-/// Creates (or empties) `path` to write it, never through a symlink
-/// there (`O_NOFOLLOW`): a name stook writes is never a way to a file
-/// elsewhere. A symlink is an error naming the path.
-pub fn create_no_follow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) {
-                std::io::Error::other(format!(
-                    "{} is a symlink; stook writes only files of its own",
-                    path.display()
-                ))
-            } else {
-                std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-            }
-        })
-}
-
-/// Writes `tmp` with `write`, syncs it and renames it to `target`, syncing
-/// `dir` (their directory); on any failure the temporary file is removed
-/// and the error names it.
-pub fn write_then_rename(
-    dir: &Path,
-    tmp: &Path,
-    target: &Path,
-    write: impl FnOnce(&mut File) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    // A name that cannot be created (a symlink there, say) is left as it is.
-    let mut f = create_no_follow(tmp)?;
-    if let Err(e) = write(&mut f).and_then(|()| f.sync_all()) {
-        // The file created just now goes (a full disk leaves no temporary).
-        drop(f);
-        let _ = std::fs::remove_file(tmp);
-        return Err(std::io::Error::new(
-            e.kind(),
-            format!("{}: {e}", tmp.display()),
-        ));
-    }
-    drop(f);
-    std::fs::rename(tmp, target)?;
-    sync_dir(dir)
-}
-
-/// Writes `dir/name` atomically: a temporary file, synced, renamed, and the
-/// directory synced.
-pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    write_then_rename(dir, &tmp, &dir.join(name), |f| f.write_all(data))
-}
-
-/// Syncs a directory, making renames in it durable.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 /// A file's length and CRC-32, read 1 MiB at a time.
 fn crc_of(path: &Path) -> std::io::Result<(u64, u32)> {
     let mut f = File::open(path)?;
@@ -663,6 +595,7 @@ impl Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn header() -> ManifestHeader {
         let mut cfg = BTreeMap::new();
