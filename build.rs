@@ -1,12 +1,12 @@
 //! With the `cuda` feature, builds the packed encoder's kernels
-//! (src/backends/packed.cu) to PTX with nvcc, for the compute capability in
+//! (src/backends/embedding/packed.cu) to PTX with nvcc, for the compute capability in
 //! CUDA_COMPUTE_CAP (as candle's kernels; default 80). PTX runs on that
 //! capability and every later one (the driver compiles it on first use).
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=src/backends/packed.cu");
+    println!("cargo:rerun-if-changed=src/backends/embedding/packed.cu");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
@@ -24,11 +24,11 @@ fn main() {
         .arg(format!("-arch=compute_{cap}"))
         .arg("-o")
         .arg(&out)
-        .arg("src/backends/packed.cu")
+        .arg("src/backends/embedding/packed.cu")
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => panic!("{} failed ({s}) building src/backends/packed.cu", nvcc.display()),
+        Ok(s) => panic!("{} failed ({s}) building src/backends/embedding/packed.cu", nvcc.display()),
         Err(e) => panic!(
             "cannot run {}: {e} (the cuda feature needs the CUDA toolkit: eval \"$(scripts/cuda-toolkit.sh)\")",
             nvcc.display()

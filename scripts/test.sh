@@ -14,10 +14,13 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 # One check build lints everything and checks the CUDA path (the code that
 # is only built without the feature is none but a cfg_attr).
-echo "== cargo clippy -D warnings, --features cuda (CUDA 13.0 toolkit from PyPI wheels: scripts/cuda-toolkit.sh)"
+echo "== cargo clippy -D warnings, --features cuda (CUDA 13.0 toolkit from PyPI wheels: scripts/cuda-toolkit.sh), and --no-default-features"
 (
   eval "$(scripts/cuda-toolkit.sh)"
   CARGO_TARGET_DIR=target/cuda-check cargo clippy --workspace --all-targets --locked --features cuda -- -D warnings
+  # A host that runs only its own models builds stook without the embedding
+  # backend (no candle, tokenizers or gemm): that build must stay clean too.
+  CARGO_TARGET_DIR=target/cuda-check cargo clippy -p stook --lib --bins --locked --no-default-features -- -D warnings
 )
 echo "== cargo test"
 cargo test --workspace --locked

@@ -44,7 +44,6 @@
 #![warn(missing_docs)]
 
 pub mod backends;
-pub mod bench;
 pub mod config;
 pub mod handle;
 pub mod output;

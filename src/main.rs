@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bench::{BackpressureBench, CheckpointBench, PipelineBench};
+#[cfg(feature = "embedding")]
+use bench::{KernelsBench, StagesBench};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use stook::bench::{
-    self, BackpressureBench, CheckpointBench, KernelsBench, PipelineBench, StagesBench,
-};
 use stook::{BackendRegistry, Job, JobConfig, RunControl, RunError, Worker};
 
+mod bench;
 mod worker_env;
 
 /// Exit codes.
@@ -97,8 +98,10 @@ enum BenchCommand {
     /// A fast source over a slow model within a memory budget.
     Backpressure(BackpressureBench),
     /// The embedding backend's stages alone: tokenizer, forward, writer.
+    #[cfg(feature = "embedding")]
     Stages(StagesBench),
     /// The packed encoder's ops on a GPU against their CPU versions.
+    #[cfg(feature = "embedding")]
     Kernels(KernelsBench),
 }
 
@@ -145,7 +148,9 @@ fn main() -> ExitCode {
                 BenchCommand::Pipeline(args) => bench::pipeline(&args),
                 BenchCommand::Checkpoint(args) => bench::checkpoint(&args),
                 BenchCommand::Backpressure(args) => bench::backpressure(&args),
+                #[cfg(feature = "embedding")]
                 BenchCommand::Stages(args) => bench::stages(&args),
+                #[cfg(feature = "embedding")]
                 BenchCommand::Kernels(args) => bench::kernels(&args),
             };
             match r {

@@ -1,4 +1,4 @@
-//! The packed encoder's CUDA kernels (src/backends/packed.cu), checked on
+//! The packed encoder's CUDA kernels (src/backends/embedding/packed.cu), checked on
 //! the CPU: the file compiles as C++ against tests/cuda/emulate.h (each
 //! block's threads run as OS threads, `__syncthreads` is a barrier) and
 //! tests/cuda/packed_test.cpp compares every kernel with a reference in
@@ -20,7 +20,7 @@ fn packed_kernels_agree_with_references_when_emulated_on_the_cpu() {
         .arg("-I")
         .arg(root.join("tests/cuda"))
         .arg("-I")
-        .arg(root.join("src/backends"))
+        .arg(root.join("src/backends/embedding"))
         .arg(root.join("tests/cuda/packed_test.cpp"))
         .arg("-o")
         .arg(&exe)

@@ -1,15 +1,13 @@
 //! Built-in backends. Each registers through the same path a host uses.
 
-mod bert;
-mod cpu_bert;
 pub mod echo;
+#[cfg(feature = "embedding")]
 pub mod embedding;
-mod kernels;
 pub mod openai;
 pub mod openai_http;
-pub(crate) mod packed;
 pub mod sheaf;
 pub mod synthetic;
+pub(crate) mod vectors;
 
 use crate::registry::BackendRegistry;
 
@@ -20,6 +18,7 @@ pub fn register_builtins(registry: &mut BackendRegistry) {
         "returns each row unchanged; for testing order and overhead",
         echo::create,
     );
+    #[cfg(feature = "embedding")]
     registry.register(
         "embedding",
         "sentence embeddings from a sentence-transformers BERT folder (all-MiniLM-L6-v2), candle on CPU or CUDA",

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use stook_actors::json_lines::{self, with_meta};
 use stook_actors::{FieldKind, FieldSpec, ModelError, RequestSchema};
 
-use super::embedding::{vector_column, vector_type};
+use super::vectors::{vector_column, vector_type};
 
 /// Columns of the sheaf schema, in [`schema`] order.
 pub const TEXTS: usize = 0;

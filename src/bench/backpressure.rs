@@ -14,10 +14,10 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::generate_rows;
-use crate::config::{BatchConfig, ByteSize, JobConfig};
-use crate::registry::BackendRegistry;
-use crate::report::rss_bytes;
-use crate::runner::{Job, RunControl};
+use stook::config::{BatchConfig, ByteSize, JobConfig};
+use stook::registry::BackendRegistry;
+use stook::report::rss_bytes;
+use stook::runner::{Job, RunControl};
 
 /// Options of `stook bench backpressure`.
 #[derive(Clone, Debug, clap::Args)]

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{echo_config, generate_rows, work_dir};
-use crate::registry::BackendRegistry;
-use crate::runner::{Job, RunControl};
+use stook::registry::BackendRegistry;
+use stook::runner::{Job, RunControl};
 
 /// Options of `stook bench checkpoint`.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,7 +49,7 @@ pub fn checkpoint(args: &CheckpointBench) -> Result<(), Box<dyn std::error::Erro
         ("one commit at the end", args.rows),
         (
             "default shard_rows",
-            crate::config::CheckpointConfig::default().shard_rows,
+            stook::config::CheckpointConfig::default().shard_rows,
         ),
         ("small shards", args.shard_rows),
     ];

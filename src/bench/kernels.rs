@@ -4,9 +4,9 @@
 //! agree, one line each, before any model loads. A model's load-time check
 //! says only that its packed passes disagree; this says where.
 
-use crate::backends::embedding::candle_device;
-use crate::backends::packed::{AddNorm, Attention, BiasGelu, Pool};
 use candle_core::{DType, Device as CandleDevice, Tensor};
+use stook::backends::embedding::candle_device;
+use stook::backends::embedding::packed::{AddNorm, Attention, BiasGelu, Pool};
 
 /// Arguments of `stook bench kernels`.
 #[derive(Clone, Debug, clap::Args)]
@@ -124,7 +124,7 @@ pub fn check(dev: &CandleDevice) -> candle_core::Result<Vec<Agreement>> {
             Ok::<_, candle_core::Error>(())
         };
         let on = |t: &Tensor, d: &CandleDevice| t.to_dtype(dtype)?.to_device(d);
-        for d in crate::backends::packed::HEAD_SIZES {
+        for d in stook::backends::embedding::packed::HEAD_SIZES {
             let op = Attention {
                 heads: hidden / d,
                 longest,

@@ -9,8 +9,10 @@
 
 pub mod backpressure;
 pub mod checkpoint;
+#[cfg(feature = "embedding")]
 pub mod kernels;
 pub mod pipeline;
+#[cfg(feature = "embedding")]
 pub mod stages;
 
 use std::fmt::Write as _;
@@ -19,11 +21,13 @@ use std::path::{Path, PathBuf};
 
 pub use backpressure::{backpressure, BackpressureBench};
 pub use checkpoint::{checkpoint, CheckpointBench};
+#[cfg(feature = "embedding")]
 pub use kernels::{kernels, KernelsBench};
 pub use pipeline::{pipeline, PipelineBench};
+#[cfg(feature = "embedding")]
 pub use stages::{stages, StagesBench};
 
-use crate::config::{Compute, DeviceChoice, JobConfig};
+use stook::config::{Compute, JobConfig};
 
 /// Writes `rows` rows of about `row_bytes` bytes as compact JSON with keys
 /// in sorted order (so a parse-and-write loop reproduces each line exactly).
@@ -63,7 +67,9 @@ pub fn generate_rows(path: &Path, rows: usize, row_bytes: usize) -> std::io::Res
 }
 
 /// A `--device` argument: `cpu` or `cuda:N` (read as `batch.device` is).
+#[cfg(feature = "embedding")]
 pub fn device_arg(d: &str) -> Result<stook_actors::Device, String> {
+    use stook::config::DeviceChoice;
     match DeviceChoice::try_from(d.to_owned()) {
         Ok(DeviceChoice::Cpu) => Ok(stook_actors::Device::Cpu),
         Ok(DeviceChoice::CudaIndex(i)) => Ok(stook_actors::Device::Cuda(i)),

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::{echo_config, generate_rows, work_dir};
-use crate::registry::BackendRegistry;
-use crate::runner::{Job, RunControl};
+use stook::registry::BackendRegistry;
+use stook::runner::{Job, RunControl};
 
 /// Options of `stook bench pipeline`.
 #[derive(Clone, Debug, clap::Args)]

@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::backends::embedding::{stage_times, StageTimes};
-use crate::registry::BackendOptions;
+use stook::backends::embedding::{stage_times, StageTimes};
+use stook::registry::BackendOptions;
 
 /// Arguments of `stook bench stages`.
 #[derive(Clone, Debug, clap::Args)]

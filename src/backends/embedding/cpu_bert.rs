@@ -24,8 +24,8 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::bert::Bert;
-use super::embedding::{l2_normalize, Pooling};
 use super::kernels::{self, Norm};
+use super::{l2_normalize, Pooling};
 
 /// A projection: `y = x · Wᵀ + b`, W (out × in) row-major.
 struct Linear {
