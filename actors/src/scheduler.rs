@@ -558,3 +558,208 @@ impl Actor for Scheduler {
         ctx.run_interval(Duration::from_millis(20), |act, ctx| act.pump(ctx));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Admission and speculation, through the one way a pipeline starts
+    //! ([`crate::pipeline::start`]), rows from memory and results streamed.
+
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use crate::checkpoint::Todo;
+    use crate::input::RowLimits;
+    use crate::parts::{table_schema, OutputFormat};
+    use crate::pipeline::{self, Feed, PipelineConfig};
+    use crate::sink::{ResultBatch, ResultSender, SinkConfig};
+    use crate::{
+        Backend, Device, Model, ModelError, OutputColumns, PipelineError, Progress, RequestBatch,
+        RequestSchema, ResultWriter, StoreStats,
+    };
+
+    /// Calls `f` with each batch's first input row (its batch index, at one
+    /// row a batch), then answers each row with its text.
+    struct Hooked(Arc<dyn Fn(u64) + Send + Sync>);
+
+    impl Model for Hooked {
+        fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+            (self.0)(batch.row(0));
+            for i in 0..batch.len() {
+                let text = batch.field(0, i).unwrap_or_default();
+                out.push(batch.row(i), &format!("{{\"t\":{text:?}}}"));
+            }
+            Ok(())
+        }
+    }
+
+    impl Backend for Hooked {
+        fn schema(&self) -> RequestSchema {
+            RequestSchema::text_with_id("text", "id")
+        }
+        fn result_bytes_bound(&self, _: usize, input_bytes: usize) -> usize {
+            input_bytes + 64
+        }
+        fn load(&self, _: &Device) -> Result<Arc<dyn Model>, ModelError> {
+            Ok(Arc::new(Hooked(self.0.clone())))
+        }
+    }
+
+    struct Run {
+        outcome: Result<crate::messages::SinkSummary, PipelineError>,
+        stats: StoreStats,
+        rows: Vec<u64>,
+    }
+
+    /// `rows` rows, one a batch, through `actors` actors of `hook`'s model.
+    fn run(
+        rows: usize,
+        actors: usize,
+        store_bytes: usize,
+        reorder_window: Option<usize>,
+        timeout: Option<Duration>,
+        hook: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Run {
+        let backend: Arc<dyn Backend> = Arc::new(Hooked(Arc::new(hook)));
+        let columns = OutputColumns::new(backend.as_ref(), &[], None);
+        let feed = (0..rows).map(|i| format!("{{\"id\":{i},\"text\":\"row {i}\"}}").into_bytes());
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ResultBatch>(rows + 1);
+        let sink = SinkConfig {
+            dir: Default::default(),
+            preserve_order: reorder_window.is_some(),
+            todo: Todo {
+                shard_batches: 1 << 20,
+                ..Todo::default()
+            },
+            done_shards: Default::default(),
+            stream: Some(ResultSender {
+                tx,
+                cancel: cancel.clone(),
+            }),
+            format: OutputFormat::Jsonl,
+            table: table_schema(&columns.schema, &[], false),
+            name_width: 5,
+        };
+        let cfg = PipelineConfig {
+            feed: Feed::Rows {
+                name: "rows".into(),
+                rows: Box::new(feed),
+            },
+            backend,
+            devices: vec![Device::Cpu; actors],
+            shared_model: None,
+            columns,
+            store_bytes,
+            holder_accounting: false,
+            batch_size: 1,
+            limits: RowLimits {
+                max_line_bytes: 1 << 20,
+            },
+            skip_bad_rows: false,
+            max_retries: 0,
+            reorder_window,
+            timeout,
+            input_name: "rows".into(),
+            input_key: "".into(),
+            sink,
+            progress: Arc::new(Progress::default()),
+            cancel,
+        };
+        let (outcome, stats) = actix::System::new()
+            .block_on(async move { pipeline::start(cfg).unwrap().finish().await });
+        let mut out = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            out.extend(b.results.iter().map(|(r, _)| *r));
+        }
+        Run {
+            outcome,
+            stats,
+            rows: out,
+        }
+    }
+
+    #[test]
+    fn admission_stays_within_the_reorder_window_behind_a_slow_batch() {
+        // Batch 0 is slow; three other actors are free. With a window of 3,
+        // only batches 1 and 2 may be admitted until batch 0 is done.
+        let first_done = Arc::new(AtomicBool::new(false));
+        let beyond = Arc::new(Mutex::new(Vec::new()));
+        let (done, seen) = (first_done.clone(), beyond.clone());
+        let r = run(24, 4, 1 << 20, Some(3), None, move |i| {
+            if i == 0 {
+                std::thread::sleep(Duration::from_millis(300));
+                done.store(true, Ordering::SeqCst);
+            } else if !done.load(Ordering::SeqCst) {
+                seen.lock().unwrap().push(i);
+            }
+        });
+        r.outcome.unwrap();
+        assert_eq!(
+            r.rows,
+            (0..24).collect::<Vec<u64>>(),
+            "every row once, in order"
+        );
+        let seen = beyond.lock().unwrap().clone();
+        assert!(
+            seen.iter().all(|&i| i < 3),
+            "batches admitted past the window while batch 0 ran: {seen:?}"
+        );
+        assert!(!seen.is_empty(), "the free actors took batches 1 and 2");
+    }
+
+    #[test]
+    fn admission_never_holds_more_than_the_budget_and_a_batch_that_cannot_fit_is_named() {
+        // Many fast batches through a store with room for few at a time.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let budget = 16 << 10;
+        let r = run(400, 2, budget, Some(64), None, move |_| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+        r.outcome.unwrap();
+        assert_eq!(r.rows.len(), 400);
+        assert!(r.stats.peak <= budget as u64, "{:?}", r.stats);
+        assert_eq!((r.stats.live, r.stats.reserved), (0, 0), "all released");
+        // A store smaller than one batch's input and output room: refused
+        // before anything runs, naming the batch's lines.
+        let r = run(3, 1, 256, Some(4), None, |_| {});
+        match r.outcome {
+            Err(PipelineError::BatchTooLarge {
+                batch: 0,
+                first_line: 1,
+                last_line: 1,
+                budget: 256,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_batch_late_past_the_timeout_goes_to_an_idle_actor_and_is_written_once() {
+        // Batch 5's first attempt hangs for a second; with a 100 ms timeout
+        // an idle actor computes it again and that result is the one kept.
+        let attempts = Arc::new(AtomicU64::new(0));
+        let a = attempts.clone();
+        let r = run(
+            12,
+            3,
+            1 << 20,
+            Some(8),
+            Some(Duration::from_millis(100)),
+            move |i| {
+                if i == 5 && a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+        );
+        r.outcome.unwrap();
+        assert_eq!(attempts.load(Ordering::SeqCst), 2, "batch 5 was sent twice");
+        assert_eq!(
+            r.rows,
+            (0..12).collect::<Vec<u64>>(),
+            "each row once, in order"
+        );
+    }
+}
