@@ -45,6 +45,7 @@
 
 pub mod backends;
 pub mod config;
+pub mod error;
 pub mod handle;
 pub mod output;
 pub mod registry;

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use stook_actors::checkpoint::{Todo, Worker, ERRORS};
+use stook_actors::checkpoint::{Todo, Worker};
 use stook_actors::input::{Input, RowLimits, Validation};
 use stook_actors::messages::SinkSummary;
 use stook_actors::pipeline::{self, Feed, PipelineConfig};
@@ -27,8 +27,7 @@ use stook_actors::scheduler::batch_need;
 use stook_actors::sink::{ResultSender, SinkConfig};
 use stook_actors::source::RowFeed;
 use stook_actors::{
-    Backend, Device, DeviceError, GpuInventory, PipelineError, Progress, RowError, SharedModel,
-    StoreStats,
+    Backend, Device, DeviceError, GpuInventory, PipelineError, Progress, SharedModel, StoreStats,
 };
 
 use arrow_schema::DataType;
@@ -36,77 +35,10 @@ use stook_actors::OutputColumns;
 use stook_actors::RequestSchema;
 
 use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
-use crate::output::{self, CheckpointError, Layout, Status, Totals, REPORT_STEM};
+pub use crate::error::{RunError, ERRORS_SHOWN};
+use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunFacts, RunReport};
-
-/// Bad rows shown in an error; all are counted.
-pub const ERRORS_SHOWN: usize = 20;
-
-/// Why a job did not complete.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The config is wrong.
-    #[error(transparent)]
-    Config(#[from] ConfigErrors),
-    /// Rows are bad and on_error = "fail".
-    #[error("{}", invalid_input_message(.errors, *.count, *.skippable))]
-    InvalidInput {
-        /// The first bad rows.
-        errors: Vec<RowError>,
-        /// How many in all.
-        count: u64,
-        /// Whether `on_error = "skip"` would go on past them (not past a
-        /// repeated unique value).
-        skippable: bool,
-    },
-    /// The input holds no row.
-    #[error("{}: the input has no rows (the file is empty or only blank lines)", .path.display())]
-    NoRows {
-        /// The input.
-        path: PathBuf,
-    },
-    /// A file could not be read or written (the input's fingerprint, the report).
-    #[error("{}: {source}", .path.display())]
-    Output {
-        /// The path.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The output directory cannot be prepared, resumed or merged.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// The pipeline stopped.
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-}
-
-fn invalid_input_message(errors: &[RowError], count: u64, skippable: bool) -> String {
-    let mut s: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    if count > errors.len() as u64 {
-        s.push(format!(
-            "… and {} more bad rows",
-            count - errors.len() as u64
-        ));
-    }
-    let plural = if count == 1 { "" } else { "s" };
-    s.push(if skippable {
-        format!(
-            "{count} bad row{plural} (set batch.on_error = \"skip\" to write them to {ERRORS} and go on)"
-        )
-    } else {
-        format!("{count} bad row{plural}: fix the input (these cannot be skipped)")
-    });
-    s.join("\n")
-}
-
-impl RunError {
-    /// Whether the run was cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(self, RunError::Pipeline(PipelineError::Cancelled))
-    }
-}
 
 /// What the caller controls while a job runs.
 #[derive(Clone, Default)]

@@ -104,8 +104,7 @@ fn probe_nvml() -> Result<Vec<Gpu>, String> {
 pub enum DeviceError {
     /// More GPUs asked for than found.
     #[error(
-        "batch.num_gpus_per_actor = {per_actor} with batch.num_actors = {actors} needs {needed} GPU(s), \
-         but {found} {}{}",
+        "{actors} actor(s) with {per_actor} GPU(s) each need {needed} GPU(s), but {found} {}{}",
         if *found == 1 { "was found" } else { "were found" },
         why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
     )]
@@ -122,17 +121,14 @@ pub enum DeviceError {
         why: Option<String>,
     },
     /// A GPU was asked for from a build without CUDA.
-    #[error(
-        "batch.device = \"{asked}\": this stook was built without CUDA \
-         (build with `cargo build --release --features cuda`; see README \"CUDA\")"
-    )]
+    #[error("{asked} was asked for, and this build has no CUDA")]
     NotBuiltWithCuda {
         /// The device asked for.
         asked: String,
     },
     /// `cuda:N` names a GPU that is not there.
     #[error(
-        "batch.device = \"cuda:{index}\": no such GPU ({found} found{})",
+        "cuda:{index}: no such GPU ({found} found{})",
         why.as_ref().map(|w| format!("; {w}")).unwrap_or_default()
     )]
     NoSuchGpu {
@@ -171,6 +167,9 @@ mod tests {
         );
         assert_eq!(inv(1).assign(2, 0.5).unwrap(), vec![Device::Cuda(0); 2]);
         let e = inv(1).assign(2, 1.0).unwrap_err().to_string();
-        assert!(e.contains("needs 2 GPU(s), but 1 was found"), "{e}");
+        assert_eq!(
+            e,
+            "2 actor(s) with 1 GPU(s) each need 2 GPU(s), but 1 was found"
+        );
     }
 }

@@ -49,8 +49,7 @@ pub enum PipelineError {
     /// A batch is larger than the whole budget.
     #[error(
         "batch {batch} (input lines {first_line}-{last_line}) needs {needed} bytes of object store \
-         (input and output), more than memory.object_store = {budget} bytes; raise memory.object_store \
-         to at least {needed} bytes or lower batch.size"
+         (input and output), more than the store's {budget} bytes"
     )]
     BatchTooLarge {
         /// The batch index.

@@ -35,18 +35,47 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     /// The output directory holds files that are not stook's.
-    #[error(
-        "{}: the output directory is not empty (it holds {found}); remove it, choose another \
-         output.path, or pass --fresh to delete stook's files there",
-        .dir.display()
-    )]
+    #[error("{}: the output directory is not empty (it holds {found})", .dir.display())]
     OutputNotEmpty {
         /// The directory.
         dir: PathBuf,
         /// One file found.
         found: String,
     },
-    /// The output directory cannot be resumed.
+    /// The output directory holds a manifest, and the run was asked not
+    /// to resume.
+    #[error("{}: cannot resume: it holds {manifest} and resuming is off", .dir.display())]
+    ResumeOff {
+        /// The output directory.
+        dir: PathBuf,
+        /// The manifest found.
+        manifest: String,
+    },
+    /// The manifest was written for another input or config.
+    #[error("{}: cannot resume: {why}", .dir.display())]
+    Changed {
+        /// The output directory.
+        dir: PathBuf,
+        /// What changed.
+        why: String,
+    },
+    /// The directory holds the files of a split into another worker count.
+    #[error(
+        "{}: cannot resume: {manifest} belongs to a split into {count} worker(s), and this run \
+         is worker {worker}",
+        .dir.display()
+    )]
+    OtherSplit {
+        /// The output directory.
+        dir: PathBuf,
+        /// The other split's manifest.
+        manifest: String,
+        /// Its worker count.
+        count: u64,
+        /// This run's worker.
+        worker: Worker,
+    },
+    /// The output directory's manifests cannot be read.
     #[error("{}: cannot resume: {why}", .dir.display())]
     Resume {
         /// The output directory.
@@ -233,13 +262,11 @@ pub fn prepare(
     if !(worker.is_alone() && fresh) {
         for (name, m) in Manifest::read_all(dir).map_err(unreadable)? {
             if name != own && m.header.worker.count != worker.count {
-                return Err(CheckpointError::Resume {
+                return Err(CheckpointError::OtherSplit {
                     dir: dir.to_path_buf(),
-                    why: format!(
-                        "{name} belongs to a split into {} worker(s), and this run is worker {worker}; \
-                         run the same split, or remove the directory (or run alone with --fresh)",
-                        m.header.worker.count
-                    ),
+                    manifest: name,
+                    count: m.header.worker.count,
+                    worker,
                 });
             }
         }
@@ -267,17 +294,15 @@ pub fn prepare(
         });
     };
     if !resume {
-        return Err(CheckpointError::Resume {
+        return Err(CheckpointError::ResumeOff {
             dir: dir.to_path_buf(),
-            why: format!(
-                "it holds {own} and checkpoint.resume = false; pass --fresh to start over"
-            ),
+            manifest: own,
         });
     }
     if let Some(why) = manifest.header.refuse(header) {
-        return Err(CheckpointError::Resume {
+        return Err(CheckpointError::Changed {
             dir: dir.to_path_buf(),
-            why: format!("{why}; pass --fresh to start over"),
+            why,
         });
     }
     // The last record of a shard wins; one whose files do not verify is redone.
@@ -711,6 +736,53 @@ fn concat(dir: &Path, names: &[String], target: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn header(batch_size: u64) -> ManifestHeader {
+        let mut cfg = BTreeMap::new();
+        cfg.insert("batch.size".to_string(), serde_json::json!(batch_size));
+        let input = super::super::InputFingerprint {
+            size: 10,
+            mtime_ns: 1,
+            head_crc32: 2,
+            tail_crc32: 3,
+        };
+        ManifestHeader::new(input, cfg, Worker::ALONE)
+    }
+
+    #[test]
+    fn a_directory_is_prepared_resumed_and_refused_with_the_reason_not_a_config_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let prepared = prepare(&out, &header(8), false, true).unwrap();
+        assert!(prepared.resume.done_shards.is_empty());
+        drop(prepared.lock);
+        // Prepared again: a resume of nothing committed.
+        drop(prepare(&out, &header(8), false, true).unwrap().lock);
+        let said = |e: CheckpointError| {
+            let s = e.to_string();
+            // How to change the outcome (a key, a flag) is the caller's to say.
+            assert!(!s.contains("--fresh") && !s.contains("checkpoint."), "{s}");
+            s
+        };
+        let e = said(prepare(&out, &header(8), false, false).err().unwrap());
+        assert!(
+            e.ends_with("cannot resume: it holds _manifest.jsonl and resuming is off"),
+            "{e}"
+        );
+        let e = said(prepare(&out, &header(16), false, true).err().unwrap());
+        assert!(
+            e.contains("cannot resume: ") && e.contains("batch.size"),
+            "{e}"
+        );
+        drop(prepare(&out, &header(16), true, true).unwrap().lock);
+        std::fs::write(out.join("notes.txt"), "mine").unwrap();
+        let e = said(prepare(&out, &header(16), true, true).err().unwrap());
+        assert!(
+            e.ends_with("the output directory is not empty (it holds notes.txt)"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"mine");
+    }
 
     #[test]
     fn ours_are_recognised() {
