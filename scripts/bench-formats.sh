@@ -6,12 +6,14 @@
 # against the plain JSON Lines run of the same invocation.
 #
 #   scripts/bench-formats.sh            2,000,000 rows of about 200 bytes
-#   ROWS=500000 scripts/bench-formats.sh
+#   ROWS=500000 ROUNDS=3 scripts/bench-formats.sh   (5 rounds by default: one run
+#                                       of 2 s swings by ±10% on a busy machine)
 #   STOOK=/path/to/stook scripts/bench-formats.sh   times that binary (another
 #                                       build, to compare two) instead of building
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS=${ROWS:-2000000}
+ROUNDS=${ROUNDS:-5}
 WORK=${WORK:-bench-out/formats}
 scripts/pyarrow-env.sh
 if [ -z "${STOOK:-}" ]; then
@@ -48,6 +50,7 @@ rm -rf "$WORK"/out-*
 
 run() { # name input output-format
   local out="$WORK/out-$1"
+  rm -rf "$out"
   cat > "$WORK/$1.toml" <<EOF
 [input]
 path = "$(basename "$2")"
@@ -95,19 +98,35 @@ print(h.hexdigest())
 EOF
 }
 
-echo "echo backend, $ROWS rows, batch 4096, 2 actors, $(nproc) cores; each run its own process"
-printf "%-22s %12s %8s %10s %12s %12s\n" run rows/s "vs jsonl" "peak RSS" "input MiB" "output MiB"
-base=""
-for spec in "jsonl:in.jsonl:jsonl" "jsonl.gz:in.jsonl.gz:jsonl" "jsonl.zst:in.jsonl.zst:jsonl" \
-            "parquet:in.parquet:jsonl" "arrow:in.arrow:jsonl" \
-            "jsonl-to-parquet:in.jsonl:parquet" "jsonl-to-arrow:in.jsonl:arrow" \
-            "parquet-to-parquet:in.parquet:parquet" "arrow-to-arrow:in.arrow:arrow"; do
-  IFS=: read -r name input fmt <<<"$spec"
-  IFS=$'\t' read -r _ rps rss insize outsize < <(run "$name" "$input" "$fmt")
-  [ -z "$base" ] && base=$rps
-  sum=$(dump "$WORK/out-$name" "$fmt")
-  [ -z "${want:-}" ] && want=$sum
-  [ "$sum" = "$want" ] || { echo "$name: results differ from the jsonl run's"; exit 1; }
-  printf "%-22s %12.0f %7.2fx %8.1f MiB %12.1f %12.1f\n" "$name" "$rps" "$(echo "$rps / $base" | bc -l)" "$rss" "$insize" "$outsize"
+echo "echo backend, $ROWS rows, batch 4096, 2 actors, $(nproc) cores; each run its own process;"
+echo "$ROUNDS rounds, the formats alternating within each; rows/s is the median over the rounds"
+specs=("jsonl:in.jsonl:jsonl" "jsonl.gz:in.jsonl.gz:jsonl" "jsonl.zst:in.jsonl.zst:jsonl"
+       "parquet:in.parquet:jsonl" "arrow:in.arrow:jsonl"
+       "jsonl-to-parquet:in.jsonl:parquet" "jsonl-to-arrow:in.jsonl:arrow"
+       "parquet-to-parquet:in.parquet:parquet" "arrow-to-arrow:in.arrow:arrow")
+: > "$WORK/rounds.tsv"
+for round in $(seq "$ROUNDS"); do
+  for spec in "${specs[@]}"; do
+    IFS=: read -r name input fmt <<<"$spec"
+    run "$name" "$input" "$fmt" >> "$WORK/rounds.tsv"
+    if [ "$round" = 1 ]; then
+      sum=$(dump "$WORK/out-$name" "$fmt")
+      [ -z "${want:-}" ] && want=$sum
+      [ "$sum" = "$want" ] || { echo "$name: results differ from the jsonl run's"; exit 1; }
+    fi
+  done
 done
+"$PY" - "$WORK/rounds.tsv" <<'EOF'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    name, rps, rss, insize, outsize = line.split("\t")
+    runs.setdefault(name, []).append((float(rps), float(rss), float(insize), float(outsize)))
+base = statistics.median(r[0] for r in runs["jsonl"])
+print("%-22s %12s %8s %12s %12s %12s" % ("run", "rows/s", "vs jsonl", "peak RSS", "input MiB", "output MiB"))
+for name, rs in runs.items():
+    rps = statistics.median(r[0] for r in rs)
+    print("%-22s %12.0f %7.2fx %8.1f MiB %12.1f %12.1f" % (
+        name, rps, rps / base, max(r[1] for r in rs), rs[0][2], rs[0][3]))
+EOF
 echo "every run's results are identical to the plain JSON Lines run's (sha256 of the result rows)"
