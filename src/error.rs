@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use stook_actors::checkpoint::protocol::CheckpointError;
 use stook_actors::checkpoint::ERRORS;
+use stook_actors::devices::gpus_found;
 use stook_actors::{DeviceError, PipelineError, RowError};
 
 use crate::config::ConfigErrors;
@@ -108,13 +109,8 @@ fn device_message(e: &DeviceError) -> String {
             why,
         } => format!(
             "batch.num_gpus_per_actor = {per_actor} with batch.num_actors = {actors} needs \
-             {needed} GPU(s), but {found} {}{}",
-            if *found == 1 {
-                "was found"
-            } else {
-                "were found"
-            },
-            why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+             {needed} GPU(s), but {}",
+            gpus_found(*found, why.as_deref())
         ),
         DeviceError::NotBuiltWithCuda { asked } => format!(
             "batch.device = \"{asked}\": this stook was built without CUDA (build with \

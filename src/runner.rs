@@ -342,11 +342,13 @@ impl Job {
     pub fn layout(&self) -> Result<Layout, RunError> {
         let input = self.open_input()?;
         let rows = input.count_rows(&self.source_schema(), &self.limits())?;
-        Ok(Layout::new(
-            rows,
-            self.config.batch.size as u64,
-            self.config.shard_batches(),
-        ))
+        Ok(self.layout_of(rows))
+    }
+
+    /// `rows` input rows in this job's batches and shards.
+    fn layout_of(&self, rows: u64) -> Layout {
+        let c = &self.config;
+        Layout::new(rows, c.batch.size as u64, c.shard_batches())
     }
 
     /// Where the job's output stands: shards committed per worker, what is
@@ -411,7 +413,7 @@ impl Job {
         })
         .await?;
         let rows_total = rows_total?;
-        let layout = Layout::new(rows_total, cfg.batch.size as u64, cfg.shard_batches());
+        let layout = self.layout_of(rows_total);
         control.progress.set_total(layout.rows_of(worker));
         if !worker.is_alone() {
             tracing::info!(

@@ -99,14 +99,21 @@ fn probe_nvml() -> Result<Vec<Gpu>, String> {
     Ok(gpus)
 }
 
+/// `1 was found`, `0 were found (why NVML found none)`: the end of
+/// [`DeviceError::NotEnoughGpus`]'s message, however it is worded.
+pub fn gpus_found(found: usize, why: Option<&str>) -> String {
+    let verb = if found == 1 { "was" } else { "were" };
+    let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+    format!("{found} {verb} found{why}")
+}
+
 /// A device request that cannot be met.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum DeviceError {
     /// More GPUs asked for than found.
     #[error(
-        "{actors} actor(s) with {per_actor} GPU(s) each need {needed} GPU(s), but {found} {}{}",
-        if *found == 1 { "was found" } else { "were found" },
-        why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        "{actors} actor(s) with {per_actor} GPU(s) each need {needed} GPU(s), but {}",
+        gpus_found(*found, why.as_deref())
     )]
     NotEnoughGpus {
         /// Actors in the pool.

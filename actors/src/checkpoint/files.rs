@@ -104,7 +104,7 @@ impl Write for AtomicFile {
 
 /// A path's directory; `.` for a bare file name (whose parent is "", which
 /// cannot be opened to sync).
-pub fn parent_of(path: &Path) -> &Path {
+pub(crate) fn parent_of(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
@@ -135,7 +135,7 @@ pub fn open_for_append(dir: &Path, name: &str) -> std::io::Result<File> {
 /// Creates (or empties) `path` to write it, never through a symlink
 /// there (`O_NOFOLLOW`): a name stook writes is never a way to a file
 /// elsewhere. A symlink is an error naming the path.
-pub fn create_no_follow(path: &Path) -> std::io::Result<File> {
+fn create_no_follow(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .write(true)

@@ -25,9 +25,8 @@ use serde::{Deserialize, Serialize};
 mod files;
 pub mod protocol;
 
-pub use files::{
-    append_record, create_no_follow, open_for_append, parent_of, sync_dir, write_atomic, AtomicFile,
-};
+pub(crate) use files::parent_of;
+pub use files::{append_record, open_for_append, sync_dir, write_atomic, AtomicFile};
 
 /// A lone worker's manifest in the output directory.
 pub const MANIFEST: &str = "_manifest.jsonl";
