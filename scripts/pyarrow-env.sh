@@ -3,14 +3,15 @@
 # Arrow files against pyarrow's, tests/formats.rs), openai (OpenAI Batch
 # lines read with the openai package's types, tests/openai.rs), and numpy,
 # tokenizers and safetensors (the OpenAI-compatible test server,
-# tests/openai_server.py). Idempotent: does nothing when .venv-arrow has
+# tests/openai_server.py), and pandas (the python backend's
+# batch_format = "pandas", tests/python.rs). Idempotent: does nothing when .venv-arrow has
 # them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-arrow
 PYARROW=pyarrow==22.0.0
-PACKAGES=(openai==2.8.1 numpy==2.3.5 tokenizers==0.22.1 safetensors==0.7.0)
-if "$VENV/bin/python" -c "import pyarrow, openai, numpy, tokenizers, safetensors" 2>/dev/null; then
+PACKAGES=(openai==2.8.1 numpy==2.3.5 tokenizers==0.22.1 safetensors==0.7.0 pandas==2.3.3)
+if "$VENV/bin/python" -c "import pyarrow, openai, numpy, tokenizers, safetensors, pandas" 2>/dev/null; then
   exit 0
 fi
 [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"

@@ -15,6 +15,8 @@ use crate::config::{parse_value_all, ConfigProblem, ModelConfig};
 pub struct BackendOptions {
     table: toml::Table,
     cpu_models: usize,
+    calls: usize,
+    batch_timeout: Option<std::time::Duration>,
 }
 
 impl Default for BackendOptions {
@@ -29,7 +31,29 @@ impl BackendOptions {
         BackendOptions {
             table,
             cpu_models: 1,
+            calls: 1,
+            batch_timeout: None,
         }
+    }
+
+    /// Says that up to `n` calls of one model may run at once (the
+    /// workers of a `compute = "tasks"` pool share one model), and that a
+    /// batch may take `timeout` (`batch.timeout`).
+    pub fn with_calls(mut self, n: usize, timeout: Option<std::time::Duration>) -> Self {
+        self.calls = n.max(1);
+        self.batch_timeout = timeout;
+        self
+    }
+
+    /// How many calls of one model may run at once (1 unless the job's
+    /// actors share one model).
+    pub fn concurrent_calls(&self) -> usize {
+        self.calls
+    }
+
+    /// The job's `batch.timeout`, if it has one.
+    pub fn batch_timeout(&self) -> Option<std::time::Duration> {
+        self.batch_timeout
     }
 
     /// Says that `n` models of this backend may compute at once on the CPU
@@ -112,6 +136,19 @@ impl BackendRegistry {
         model: &ModelConfig,
         cpu_models: usize,
     ) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
+        self.create_from(
+            model,
+            BackendOptions::new(model.options.clone()).with_cpu_models(cpu_models),
+        )
+    }
+
+    /// Builds the backend a `[model]` section names from `options` (its
+    /// `[model.options]` and what the job says of how it will run).
+    pub fn create_from(
+        &self,
+        model: &ModelConfig,
+        options: BackendOptions,
+    ) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
         let Some(entry) = self.entries.get(&model.backend) else {
             return Err(vec![ConfigProblem::new(
                 "model.backend",
@@ -122,7 +159,7 @@ impl BackendRegistry {
                 ),
             )]);
         };
-        (entry.factory)(&BackendOptions::new(model.options.clone()).with_cpu_models(cpu_models))
+        (entry.factory)(&options)
     }
 
     /// Registered names, sorted.

@@ -82,12 +82,15 @@ impl Job {
         }
         // Every actor of a pool owns a model; workers of a tasks pool
         // share one.
-        let cpu_models = match config.batch.compute {
-            crate::config::Compute::Actors => config.batch.num_actors,
-            crate::config::Compute::Tasks => 1,
+        let (cpu_models, calls) = match config.batch.compute {
+            crate::config::Compute::Actors => (config.batch.num_actors, 1),
+            crate::config::Compute::Tasks => (1, config.batch.num_actors),
         };
+        let options = crate::registry::BackendOptions::new(config.model.options.clone())
+            .with_cpu_models(cpu_models)
+            .with_calls(calls, config.batch.timeout.map(|t| t.0));
         let backend = registry
-            .create_with(&config.model, cpu_models)
+            .create_from(&config.model, options)
             .map_err(|problems| ConfigErrors {
                 path: config_path.to_path_buf(),
                 problems,

@@ -193,7 +193,9 @@ pub fn encode_columns(
     write_object(&batch, reservation, Holder::Source)
 }
 
-pub(crate) fn decode(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
+/// Reads the one record batch of a store object (an Arrow IPC stream) in
+/// place: its arrays keep a reference to the object.
+pub fn decode_object(obj: &ObjectRef) -> Result<RecordBatch, ArrowError> {
     let mut buf = Buffer::from(obj.to_bytes());
     let mut decoder = StreamDecoder::new();
     while !buf.is_empty() {
@@ -229,12 +231,14 @@ pub struct RequestBatch {
     raw: Option<ArrayRef>,
     problems: Option<StringArray>,
     input_key: Arc<str>,
+    /// The object decoded, and the index in it of this batch's first row.
+    object: Option<(ObjectRef, usize)>,
 }
 
 impl RequestBatch {
     /// Decodes an input object.
     pub fn decode(obj: &ObjectRef, schema: &RequestSchema) -> Result<Self, ArrowError> {
-        let batch = decode(obj)?;
+        let batch = decode_object(obj)?;
         let fields = schema
             .fields
             .iter()
@@ -260,6 +264,7 @@ impl RequestBatch {
                 None
             },
             input_key: Arc::from(""),
+            object: Some((obj.clone(), 0)),
         })
     }
 
@@ -286,7 +291,16 @@ impl RequestBatch {
             raw: self.raw.as_ref().map(|a| a.slice(start, len)),
             problems: self.problems.as_ref().map(s),
             input_key: self.input_key.clone(),
+            object: self.object.as_ref().map(|(o, at)| (o.clone(), at + start)),
         }
+    }
+
+    /// The store object the batch was decoded from (an Arrow IPC stream of
+    /// one record batch, in the store's shared region) and the index of
+    /// the batch's first row among the object's rows: what a model in
+    /// another process reads in place.
+    pub fn object(&self) -> Option<(&ObjectRef, usize)> {
+        self.object.as_ref().map(|(o, at)| (o, *at))
     }
 
     /// Rows in the batch.

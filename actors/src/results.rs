@@ -19,7 +19,7 @@ use arrow_array::builder::{StringBuilder, UInt64Builder};
 use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 
-use crate::batch::{decode, name_bytes, nested_arrays, write_object, RequestBatch};
+use crate::batch::{decode_object, name_bytes, nested_arrays, write_object, RequestBatch};
 use crate::json_lines::{with_meta, ENCODING, JSON_OBJECT, JSON_TEXT};
 use crate::model::{Backend, ModelError};
 use crate::rows::{FieldKind, RequestSchema};
@@ -370,7 +370,7 @@ pub struct OutputBatch {
 impl OutputBatch {
     /// Decodes an output object.
     pub fn decode(obj: &ObjectRef) -> Result<Self, ArrowError> {
-        let batch = decode(obj)?;
+        let batch = decode_object(obj)?;
         let rows = batch
             .column_by_name(ROW)
             .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())

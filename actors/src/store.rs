@@ -213,6 +213,25 @@ impl ObjectStore {
         }))
     }
 
+    /// The shared memory itself (the memfd), for a process that reads and
+    /// writes objects in place: it maps [`ObjectStore::region_len`] bytes
+    /// of it, reads an object at [`ObjectRef::offset`] and writes a
+    /// reservation at [`Reservation::offset`]. Owned by the store: valid
+    /// while it lives.
+    pub fn shared_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.inner.file)
+    }
+
+    /// The bytes of the shared region (twice the budget).
+    pub fn region_len(&self) -> usize {
+        self.inner.map.len()
+    }
+
+    /// Whether `self` and `other` are the same store.
+    pub fn same(&self, other: &ObjectStore) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Counts of what the store holds now.
     pub fn stats(&self) -> StoreStats {
         let st = self.inner.lock();
@@ -382,6 +401,27 @@ impl Reservation {
         self.size
     }
 
+    /// Where the reserved bytes start in the shared region
+    /// ([`ObjectStore::shared_fd`]).
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Seals an object whose first `len` bytes another process wrote in
+    /// place through the shared region; the unused tail goes back to the
+    /// store. `len` larger than the reservation is an error.
+    pub fn finish_written(self, len: usize, holder: Holder) -> io::Result<ObjectRef> {
+        if len > self.size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{len} bytes written into a reservation of {}", self.size),
+            ));
+        }
+        let mut w = self.writer();
+        w.written = len;
+        Ok(w.finish(holder))
+    }
+
     /// A writer over the reserved bytes; [`ObjectWriter::finish`] makes the
     /// object, returning the unused tail to the store.
     pub fn writer(self) -> ObjectWriter {
@@ -510,6 +550,19 @@ impl ObjectRef {
     /// Whether the object is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Where the object starts in the shared region
+    /// ([`ObjectStore::shared_fd`]).
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The store the object lives in.
+    pub fn store(&self) -> ObjectStore {
+        ObjectStore {
+            inner: self.store.clone(),
+        }
     }
 
     /// The object's bytes, read in place from the shared mapping.

@@ -5,6 +5,7 @@ pub mod echo;
 pub mod embedding;
 pub mod openai;
 pub mod openai_http;
+pub mod python;
 pub mod sheaf;
 pub mod synthetic;
 pub(crate) mod vectors;
@@ -28,6 +29,11 @@ pub fn register_builtins(registry: &mut BackendRegistry) {
         "openai-http",
         "sends rows to an OpenAI-compatible server (vLLM, TEI, infinity, OpenAI): OpenAI Batch lines or texts to embed",
         openai_http::create,
+    );
+    registry.register(
+        "python",
+        "a Python class in worker processes (Ray Data's map_batches style), batches read in place from shared memory",
+        python::create,
     );
     registry.register(
         "synthetic",

@@ -111,6 +111,16 @@ impl JobConfig {
                 if let Some(toml::Value::String(p)) = model.options.get_mut("path") {
                     *p = base.join(&*p).to_string_lossy().into_owned();
                 }
+                // So are `module` and `python` where they name a file
+                // (`models/score.py`, `.venv/bin/python`), not a module
+                // or a command on PATH.
+                for key in ["module", "python"] {
+                    if let Some(toml::Value::String(p)) = model.options.get_mut(key) {
+                        if p.contains('/') || p.ends_with(".py") {
+                            *p = base.join(&*p).to_string_lossy().into_owned();
+                        }
+                    }
+                }
                 Ok(JobConfig {
                     input,
                     output,

@@ -1,0 +1,450 @@
+//! `python`: a Python class as the model, run in worker processes, as Ray
+//! Data users write it for `map_batches`:
+//!
+//! ```text
+//!  class Scorer:
+//!      output_schema = pa.schema([("score", pa.float32())])  # optional
+//!      def __init__(self, **kwargs): ...         # loads the model, once
+//!      def __call__(self, batch): ...            # a batch in, as many rows out
+//! ```
+//!
+//! Each model (one per actor with `compute = "actors"`, one for the pool
+//! with `tasks`) is one worker process per concurrent call. A batch is not
+//! sent to the worker: the worker maps the object store's shared memory
+//! (its memfd, passed over the control socket once) and reads the batch's
+//! Arrow IPC in place; its result is written as Arrow IPC into room
+//! reserved for it in the store, so it is counted like every other object.
+//! Only offsets, lengths and errors cross the socket ([`worker`]).
+//!
+//! Faults: an exception fails the batch with its traceback's last lines
+//! (retries and row isolation as for any model); a worker that dies or
+//! gives no answer within `batch.timeout` is killed and replaced on the
+//! next call (counted as `python_worker_restarts`), and the batch fails, so
+//! a row that kills every worker ends up alone among the bad rows.
+
+mod worker;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use stook_actors::results::{output_bound, result_columns};
+use stook_actors::{
+    Backend, Device, Holder, Model, ModelError, ObjectStore, RequestBatch, RequestSchema,
+    Reservation, ResultWriter,
+};
+
+use crate::config::ConfigProblem;
+use crate::registry::BackendOptions;
+use worker::{Fault, Launch, Worker};
+
+/// How long a worker may take to import the module and read its
+/// `output_schema` when the config is read.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// `[model.options]` of `python`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PythonOptions {
+    /// The interpreter: a path (relative to the config file) or a name
+    /// looked up on `PATH`.
+    #[serde(default = "default_python")]
+    pub python: String,
+    /// A `.py` file (relative to the config file) or an importable module.
+    pub module: String,
+    /// The class in it: `__init__(self, **kwargs)`, `__call__(self, batch)`.
+    pub class: String,
+    /// Passed to `__init__`.
+    #[serde(default)]
+    pub kwargs: toml::Table,
+    /// What `__call__` gets: `pyarrow` (a Table), `numpy` (a dict of
+    /// arrays) or `pandas` (a DataFrame).
+    #[serde(default)]
+    pub batch_format: BatchFormat,
+    /// Room reserved in the store for a batch's results: this many bytes
+    /// per row …
+    #[serde(default = "default_per_row")]
+    pub result_bytes_per_row: usize,
+    /// … plus this many per byte of the batch's input.
+    #[serde(default = "default_per_byte")]
+    pub result_bytes_per_input_byte: usize,
+}
+
+/// The batch type the class is called with, as Ray Data names them.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchFormat {
+    /// A `pyarrow.Table`.
+    #[default]
+    Pyarrow,
+    /// A dict of column name → `numpy.ndarray`.
+    Numpy,
+    /// A `pandas.DataFrame`.
+    Pandas,
+}
+
+fn default_python() -> String {
+    "python3".into()
+}
+
+fn default_per_row() -> usize {
+    1024
+}
+
+fn default_per_byte() -> usize {
+    2
+}
+
+/// The backend: the options, and the output schema the class declares.
+pub struct PythonBackend {
+    options: PythonOptions,
+    schema: Option<SchemaRef>,
+    /// The declared schema as the worker wrote it, to check at load.
+    schema_text: Option<String>,
+    timeout: Option<Duration>,
+    calls: usize,
+}
+
+/// Builds `python`: starts the interpreter once to import the module and
+/// read the class's `output_schema` (the results' columns must be known
+/// before the run).
+pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
+    let opts: PythonOptions = options.parse()?;
+    let problem =
+        |key: &str, m: String| vec![ConfigProblem::new(format!("model.options.{key}"), m)];
+    let launch = Launch {
+        python: opts.python.clone(),
+        cuda_visible: Some(String::new()),
+    };
+    let mut w = Worker::spawn(&launch).map_err(|m| problem("python", m))?;
+    let msg = json!({"op": "describe", "module": opts.module, "class": opts.class});
+    let reply = w.call(&msg, Some(DESCRIBE_TIMEOUT)).map_err(|f| match f {
+        Fault::Raised(m) => problem(
+            "module",
+            format!(
+                "cannot load class {:?} from {:?}: {m}",
+                opts.class, opts.module
+            ),
+        ),
+        Fault::Lost(m) => problem("python", m),
+    })?;
+    let schema_text = reply
+        .get("schema")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let schema = match &schema_text {
+        Some(t) => Some(decode_schema(t).map_err(|m| problem("class", m))?),
+        None => None,
+    };
+    Ok(Arc::new(PythonBackend {
+        options: opts,
+        schema,
+        schema_text,
+        timeout: options.batch_timeout(),
+        calls: options.concurrent_calls(),
+    }))
+}
+
+/// A schema from an empty Arrow IPC stream, base64.
+fn decode_schema(text: &str) -> Result<SchemaRef, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| format!("internal: output_schema not base64: {e}"))?;
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(|e| format!("output_schema cannot be read as Arrow: {e}"))?;
+    Ok(reader.schema())
+}
+
+impl Backend for PythonBackend {
+    fn schema(&self) -> RequestSchema {
+        RequestSchema {
+            fields: Vec::new(),
+            keep_raw: true,
+            ..RequestSchema::default()
+        }
+    }
+
+    fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize {
+        rows.saturating_mul(self.options.result_bytes_per_row)
+            .saturating_add(input_bytes.saturating_mul(self.options.result_bytes_per_input_byte))
+    }
+
+    fn output_schema(&self) -> Option<SchemaRef> {
+        self.schema.clone()
+    }
+
+    fn result_neutral_options(&self) -> &'static [&'static str] {
+        &["result_bytes_per_row", "result_bytes_per_input_byte"]
+    }
+
+    /// The module file's bytes, when it is a file: editing the model's
+    /// code is a change a resume must notice.
+    fn fingerprint(&self) -> String {
+        match std::fs::read(&self.options.module) {
+            Ok(bytes) => Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError> {
+        let launch = Launch {
+            python: self.options.python.clone(),
+            cuda_visible: Some(match device {
+                Device::Cuda(i) => i.to_string(),
+                Device::Cpu => String::new(),
+            }),
+        };
+        let model = PythonModel {
+            launch,
+            load: json!({
+                "op": "load",
+                "module": self.options.module,
+                "class": self.options.class,
+                "kwargs": serde_json::to_value(&self.options.kwargs)
+                    .map_err(|e| ModelError::new(format!("model.options.kwargs: {e}")))?,
+                "batch_format": match self.options.batch_format {
+                    BatchFormat::Pyarrow => "pyarrow",
+                    BatchFormat::Numpy => "numpy",
+                    BatchFormat::Pandas => "pandas",
+                },
+            }),
+            schema_text: self.schema_text.clone(),
+            result_schema: result_columns(self.schema.clone()),
+            typed: self.schema.is_some(),
+            timeout: self.timeout,
+            per_row: self.options.result_bytes_per_row,
+            per_byte: self.options.result_bytes_per_input_byte,
+            slots: (0..self.calls).map(|_| Mutex::new(None)).collect(),
+            next: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+        };
+        // Every worker loads at once; the first failure is the answer.
+        let mut started = Vec::new();
+        for _ in 0..self.calls {
+            let mut w = Worker::spawn(&model.launch).map_err(ModelError::new)?;
+            w.send_load(&model.load).map_err(fault)?;
+            started.push(w);
+        }
+        for (slot, mut w) in model.slots.iter().zip(started) {
+            model.loaded(&mut w)?;
+            *lock(slot) = Some(w);
+        }
+        Ok(Arc::new(model))
+    }
+}
+
+struct PythonModel {
+    launch: Launch,
+    load: Value,
+    schema_text: Option<String>,
+    result_schema: SchemaRef,
+    typed: bool,
+    timeout: Option<Duration>,
+    per_row: usize,
+    per_byte: usize,
+    /// One worker per call that may run at once.
+    slots: Vec<Mutex<Option<Worker>>>,
+    next: AtomicU64,
+    /// Workers replaced since the last batch that succeeded.
+    restarts: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn fault(f: Fault) -> ModelError {
+    match f {
+        Fault::Raised(m) => {
+            ModelError::new(format!("the Python model's class failed to load: {m}"))
+        }
+        Fault::Lost(m) => ModelError::new(m),
+    }
+}
+
+impl PythonModel {
+    /// Waits for a worker's answer to `load`.
+    fn loaded(&self, w: &mut Worker) -> Result<(), ModelError> {
+        let reply = w.reply(None).map_err(fault)?;
+        let schema = reply
+            .get("schema")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if schema != self.schema_text {
+            return Err(ModelError::new(
+                "the class's output_schema changed since the config was read",
+            ));
+        }
+        tracing::info!(pid = w.pid(), "Python worker loaded the model");
+        Ok(())
+    }
+
+    /// A free worker's slot, or the next one in turn to wait for.
+    fn slot(&self) -> MutexGuard<'_, Option<Worker>> {
+        for s in &self.slots {
+            if let Ok(g) = s.try_lock() {
+                return g;
+            }
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
+        lock(&self.slots[i])
+    }
+
+    /// Runs one batch on `w`: its result object, in the store.
+    fn run(&self, w: &mut Worker, batch: &RequestBatch) -> Result<Computed, Fault> {
+        let Some((obj, start)) = batch.object() else {
+            return Err(Fault::Raised(
+                "internal: the batch is not in the object store".into(),
+            ));
+        };
+        let store = obj.store();
+        w.attach(&store, self.timeout)?;
+        let msg = json!({
+            "op": "batch",
+            "offset": obj.offset(),
+            "length": obj.len(),
+            "start": start,
+            "rows": batch.len(),
+        });
+        let reply = w.call(&msg, self.timeout)?;
+        let Some(room) = reply.get("room").and_then(Value::as_u64) else {
+            return Err(Fault::Lost(format!(
+                "the worker answered {reply} to a batch"
+            )));
+        };
+        let room = room as usize;
+        let values = batch
+            .len()
+            .saturating_mul(self.per_row)
+            .saturating_add(batch.data_bytes().saturating_mul(self.per_byte));
+        let allowed = output_bound(&self.result_schema, batch.len(), values);
+        if room > allowed {
+            w.call(&json!({"op": "abort"}), self.timeout)?;
+            return Ok(Computed::TooLarge { room, allowed });
+        }
+        let reservation = match self.reserve(&store, room) {
+            Ok(r) => r,
+            Err(why) => {
+                w.call(&json!({"op": "abort"}), self.timeout)?;
+                return Ok(Computed::NoRoom(why));
+            }
+        };
+        let at = reservation.offset();
+        let reply = w.call(&json!({"op": "write", "offset": at}), self.timeout)?;
+        if reply.get("written").and_then(Value::as_u64) != Some(room as u64) {
+            return Err(Fault::Lost(format!(
+                "the worker answered {reply} to writing {room} bytes"
+            )));
+        }
+        let object = reservation
+            .finish_written(room, Holder::InFlight)
+            .map_err(|e| Fault::Lost(format!("internal: {e}")))?;
+        let result = stook_actors::batch::decode_object(&object).map_err(|e| {
+            Fault::Raised(format!("the worker's result is not readable as Arrow: {e}"))
+        })?;
+        Ok(Computed::Done(result))
+    }
+
+    /// Room for a result of `bytes`, waiting while the store is full (up
+    /// to the batch timeout, or a minute).
+    fn reserve(&self, store: &ObjectStore, bytes: usize) -> Result<Reservation, String> {
+        let limit = self.timeout.unwrap_or(Duration::from_secs(60));
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match store.try_reserve(bytes) {
+                Ok(Some(r)) => return Ok(r),
+                Ok(None) if started.elapsed() < limit => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(None) => {
+                    return Err(format!(
+                    "no room for its {bytes} bytes of results in the object store within {:.0} s",
+                    limit.as_secs_f64()
+                ))
+                }
+                Err(e) => return Err(format!("its {bytes} bytes of results: {e}")),
+            }
+        }
+    }
+}
+
+enum Computed {
+    Done(arrow_array::RecordBatch),
+    TooLarge { room: usize, allowed: usize },
+    NoRoom(String),
+}
+
+impl Model for PythonModel {
+    fn predict(&self, batch: &RequestBatch, out: &mut ResultWriter) -> Result<(), ModelError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let lines = format!("lines {}–{}", batch.line(0), batch.line(batch.len() - 1));
+        let mut slot = self.slot();
+        if slot.is_none() {
+            // The last worker here died: a new one loads the model again.
+            let mut w = Worker::spawn(&self.launch).map_err(ModelError::unavailable)?;
+            w.send_load(&self.load)
+                .and_then(|()| w.reply(None).map(drop))
+                .map_err(|f| match f {
+                    Fault::Raised(m) | Fault::Lost(m) => ModelError::unavailable(format!(
+                        "a replacement Python worker could not load the model: {m}"
+                    )),
+                })?;
+            self.restarts.fetch_add(1, Ordering::Relaxed);
+            *slot = Some(w);
+        }
+        let Some(w) = slot.as_mut() else {
+            return Err(ModelError::new("internal: no worker"));
+        };
+        let result = match self.run(w, batch) {
+            Ok(Computed::Done(r)) => r,
+            Ok(Computed::TooLarge { room, allowed }) => {
+                return Err(ModelError::unavailable(format!(
+                    "the results of {lines} take {room} bytes, more than the {allowed} bytes reserved for them (model.options.result_bytes_per_row = {} per row plus result_bytes_per_input_byte = {} per input byte): raise them",
+                    self.per_row, self.per_byte
+                )))
+            }
+            Ok(Computed::NoRoom(why)) => {
+                return Err(ModelError::unavailable(format!("{lines}: {why}")))
+            }
+            Err(Fault::Raised(m)) => {
+                return Err(ModelError::new(format!(
+                    "the Python model raised on {lines}: {m}"
+                )))
+            }
+            Err(Fault::Lost(m)) => {
+                *slot = None;
+                return Err(ModelError::new(format!("{lines}: {m}")));
+            }
+        };
+        drop(slot);
+        if self.typed {
+            out.append(batch.rows(), result.columns().to_vec())?;
+        } else {
+            let texts = result
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::StringArray>()
+                .ok_or_else(|| ModelError::new("internal: JSON results are not text"))?;
+            for i in 0..batch.len() {
+                out.push(batch.row(i), texts.value(i));
+            }
+        }
+        let restarts = self.restarts.swap(0, Ordering::Relaxed);
+        if restarts > 0 {
+            out.count("python_worker_restarts", restarts);
+        }
+        Ok(())
+    }
+}
