@@ -26,6 +26,8 @@ pub struct RunFacts<'a> {
     pub wall: Duration,
     /// Peak resident memory.
     pub peak_rss_bytes: u64,
+    /// Peak resident memory of the processes the run started.
+    pub peak_workers_rss_bytes: u64,
     /// Each actor's device.
     pub devices: &'a [Device],
     /// Which slice of the job this run computed.
@@ -71,6 +73,11 @@ pub struct RunReport {
     pub leaked_store_objects: u64,
     /// Peak resident memory of the process.
     pub peak_rss_bytes: u64,
+    /// Peak resident memory of the processes the run started (the
+    /// `python` backend's workers), summed over them: their own memory
+    /// (RssAnon + RssFile), not the object store's shared pages they map,
+    /// which `peak_rss_bytes` counts already. 0 when there were none.
+    pub peak_workers_rss_bytes: u64,
     /// Models loaded.
     pub model_loads: u64,
     /// `actors` or `tasks`.
@@ -102,6 +109,7 @@ impl RunReport {
             store,
             wall,
             peak_rss_bytes,
+            peak_workers_rss_bytes,
             devices,
             worker,
         } = facts;
@@ -124,6 +132,7 @@ impl RunReport {
             peak_store_holders: store.peak_holders.clone(),
             leaked_store_objects: store.objects + store.reservations,
             peak_rss_bytes,
+            peak_workers_rss_bytes,
             model_loads: progress.model_loads,
             compute: cfg.batch.compute,
             num_actors: cfg.batch.num_actors,
@@ -160,7 +169,7 @@ impl RunReport {
             .collect();
         format!(
             "{worker}{} rows{resumed} → {} ({} shard{}): {} written, {} bad, {} blank lines skipped{counters}\n\
-             wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}, {} model load{} on {}",
+             wall {:.2} s, {:.0} rows/s, peak store {} of {}, peak RSS {}{}, {} model load{} on {}",
             self.rows,
             output.display(),
             self.shards,
@@ -173,6 +182,10 @@ impl RunReport {
             ByteSize(self.peak_store_bytes),
             ByteSize(self.store_budget_bytes),
             ByteSize(self.peak_rss_bytes),
+            match self.peak_workers_rss_bytes {
+                0 => String::new(),
+                w => format!(" (+ {} in worker processes)", ByteSize(w)),
+            },
             self.model_loads,
             if self.model_loads == 1 { "" } else { "s" },
             self.devices.first().map_or("-", String::as_str),
@@ -185,13 +198,91 @@ pub fn peak_rss_bytes() -> u64 {
     proc_status_kib("VmHWM:") * 1024
 }
 
+/// Samples the memory of the processes this process started (and theirs)
+/// every 100 ms while a run goes on: [`WorkerMemory::finish`] gives the
+/// peak of their summed RssAnon + RssFile.
+pub struct WorkerMemory {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl WorkerMemory {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("worker-memory".into())
+            .spawn(move || {
+                let mut peak = 0;
+                while !flag.load(Ordering::Relaxed) {
+                    peak = peak.max(descendants_rss());
+                    std::thread::park_timeout(Duration::from_millis(100));
+                }
+                peak
+            })
+            .ok();
+        WorkerMemory { stop, thread }
+    }
+
+    /// Stops sampling; the peak.
+    pub fn finish(mut self) -> u64 {
+        self.stop_thread()
+    }
+
+    fn stop_thread(&mut self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some(t) = self.thread.take() else {
+            return 0;
+        };
+        t.thread().unpark();
+        t.join().unwrap_or(0)
+    }
+}
+
+impl Drop for WorkerMemory {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+/// The summed own memory of every descendant of this process, through
+/// /proc's `children` lists.
+fn descendants_rss() -> u64 {
+    let children = |pid: &str| -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        let mut pids = Vec::new();
+        for t in tasks.flatten() {
+            let list = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            pids.extend(list.split_whitespace().map(str::to_string));
+        }
+        pids
+    };
+    let (mut todo, mut total) = (children("self"), 0);
+    while let Some(pid) = todo.pop() {
+        total += ["RssAnon:", "RssFile:"]
+            .iter()
+            .map(|k| status_kib(&format!("/proc/{pid}/status"), k) * 1024)
+            .sum::<u64>();
+        todo.extend(children(&pid));
+    }
+    total
+}
+
 /// The process's current resident set (VmRSS), or 0 where unknown.
 pub fn rss_bytes() -> u64 {
     proc_status_kib("VmRSS:") * 1024
 }
 
 fn proc_status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_kib("/proc/self/status", key)
+}
+
+fn status_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()

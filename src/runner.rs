@@ -38,7 +38,7 @@ use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
 pub use crate::error::{RunError, ERRORS_SHOWN};
 use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
-use crate::report::{peak_rss_bytes, RunFacts, RunReport};
+use crate::report::{peak_rss_bytes, RunFacts, RunReport, WorkerMemory};
 
 /// What the caller controls while a job runs.
 #[derive(Clone, Default)]
@@ -464,7 +464,7 @@ impl Job {
             table: self.table_schema(&columns, &pass_types),
             name_width: stook_actors::checkpoint::name_width(layout.shards()),
         };
-        let (summary, stats) = self
+        let (summary, stats, workers_rss) = self
             .pipeline(
                 &control,
                 Feed::Input(input),
@@ -490,6 +490,7 @@ impl Job {
                 store: &stats,
                 wall: started.elapsed(),
                 peak_rss_bytes: peak_rss_bytes(),
+                peak_workers_rss_bytes: workers_rss,
                 devices: &devices,
                 worker,
             },
@@ -532,7 +533,7 @@ impl Job {
             // No files: results go to the stream.
             name_width: 5,
         };
-        let (summary, stats) = self
+        let (summary, stats, workers_rss) = self
             .pipeline(
                 &control,
                 Feed::Rows {
@@ -560,6 +561,7 @@ impl Job {
                 store: &stats,
                 wall: started.elapsed(),
                 peak_rss_bytes: peak_rss_bytes(),
+                peak_workers_rss_bytes: workers_rss,
                 devices: &devices,
                 worker: Worker::ALONE,
             },
@@ -576,8 +578,9 @@ impl Job {
         columns: OutputColumns,
         devices: &[Device],
         input_key: Arc<str>,
-    ) -> Result<(SinkSummary, StoreStats), RunError> {
+    ) -> Result<(SinkSummary, StoreStats, u64), RunError> {
         let cfg = &self.config;
+        let workers = WorkerMemory::start();
         let running = pipeline::start(PipelineConfig {
             feed,
             backend: self.backend.clone(),
@@ -602,7 +605,7 @@ impl Job {
             cancel: control.cancel.clone(),
         })?;
         let (outcome, stats) = running.finish().await;
-        Ok((outcome?, stats))
+        Ok((outcome?, stats, workers.finish()))
     }
 
     fn devices(&self) -> Result<Vec<Device>, RunError> {

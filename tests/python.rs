@@ -267,6 +267,12 @@ fn results_ten_times_their_input_stay_within_the_store_budget() {
     );
     let input_bytes = std::fs::metadata(&inp).unwrap().len();
     assert!(peak <= budget && budget < input_bytes * 10, "{report}");
+    // The workers' own memory is in the report (an interpreter with
+    // pyarrow loaded holds tens of MiB).
+    assert!(
+        report["peak_workers_rss_bytes"].as_u64() > Some(20 << 20),
+        "{report}"
+    );
     let out = String::from_utf8(output_bytes(&d.join("out"))).unwrap();
     assert_eq!(out.lines().count(), n);
     // Too little room for them is a clear error, not a crash.

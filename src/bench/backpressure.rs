@@ -94,7 +94,8 @@ pub struct Row {
     pub rows_per_second: f64,
     /// Peak live + reserved store bytes.
     pub peak_store_bytes: u64,
-    /// Peak resident memory (the kernel's high-water mark for this run).
+    /// Peak resident memory (the kernel's high-water mark for this run),
+    /// with the run's worker processes' peak.
     pub peak_rss_bytes: u64,
     /// Next-batch wait of an idle actor, 50th percentile, ms.
     pub next_batch_p50_ms: f64,
@@ -323,7 +324,8 @@ fn one_run(
             rows: report.rows,
             rows_per_second: report.rows_per_second,
             peak_store_bytes: report.peak_store_bytes,
-            peak_rss_bytes: report.peak_rss_bytes,
+            // stook's own and its worker processes' (a python backend's).
+            peak_rss_bytes: report.peak_rss_bytes + report.peak_workers_rss_bytes,
             next_batch_p50_ms: p50.as_secs_f64() * 1e3,
             next_batch_p99_ms: p99.as_secs_f64() * 1e3,
             peak_objects: report.peak_store_objects,
