@@ -375,3 +375,126 @@ fn ctrl_c_stops_every_worker() {
     std::thread::sleep(Duration::from_millis(500));
     assert_no_worker_left(d);
 }
+
+/// A `sheaf` job over `input`: the user-defined backend of
+/// tests/sheaf_backends.py, with more `[batch]` lines.
+fn sheaf_job(dir: &Path, input: &Path, out: &str, backend: &str, batch: &str) -> PathBuf {
+    let cfg = dir.join(format!("{out}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "[input]\npath = {input:?}\n[output]\npath = {:?}\n[model]\nbackend = \"sheaf\"\n\
+             [model.options]\npython = {:?}\nimports = [{:?}]\n\
+             spec = {{ name = \"minilm\", model_type = \"embedding\", backend = {backend:?}, \
+             backend_kwargs = {{ model_dir = {:?} }} }}\n[batch]\nsize = 8\nnum_actors = 2\n{batch}\n",
+            dir.join(out),
+            python(),
+            root().join("tests/sheaf_backends.py"),
+            common::openai::model_dir(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `stook run`, with one BLAS thread and OpenBLAS's Haswell kernels, as
+/// scripts/record-sheaf-fixture.sh ran sheaf-serve's BatchRunner.
+fn stook_blas(cfg: &Path) -> Output {
+    Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .env("OPENBLAS_CORETYPE", "Haswell")
+        .env("OPENBLAS_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_sheaf_backend_of_ones_own_writes_what_sheaf_serves_batchrunner_writes() {
+    let dir = tempdir();
+    let d = dir.path();
+    let requests = root().join("tests/fixtures/sheaf-requests.jsonl");
+    let recorded = std::fs::read(root().join("tests/fixtures/sheaf-batchrunner.jsonl")).unwrap();
+    for (out, batch) in [("actors", ""), ("tasks", "compute = \"tasks\"")] {
+        let o = stook_blas(&sheaf_job(d, &requests, out, "minilm-numpy", batch));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            output_bytes(&d.join(out)) == recorded,
+            "{out}: not byte-identical to BatchRunner's output"
+        );
+    }
+}
+
+#[test]
+fn sheaf_requests_are_checked_by_line_and_ids_are_stable() {
+    let dir = tempdir();
+    let d = dir.path();
+    let line = |i: usize, extra: &str| {
+        format!(
+            "{{\"model_type\": \"embedding\", \"model_name\": \"m\", \"texts\": [\"text {i}\"]{extra}}}\n"
+        )
+    };
+    // A wrong model_type: refused before the model loads, by line.
+    let bad_type = d.join("bad-type.jsonl");
+    std::fs::write(
+        &bad_type,
+        line(0, "") + &line(1, "").replace("embedding", "time_series"),
+    )
+    .unwrap();
+    let o = stook_blas(&sheaf_job(d, &bad_type, "t", "minilm-numpy", ""));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains(":2:") && err.contains("model_type"), "{err}");
+    assert!(
+        !err.contains("Python worker"),
+        "refused before any worker: {err}"
+    );
+    // A request_id that is no UUID: sheaf's own model refuses it, named by
+    // line; with on_error = "skip" it alone goes to _errors.jsonl. Rows
+    // without request_id or normalize are fine (ids from the input).
+    let input = d.join("requests.jsonl");
+    let lines: String = (0..12)
+        .map(|i| match i {
+            5 => line(i, ", \"request_id\": \"not-a-uuid\""),
+            7 => line(i, ", \"normalize\": false"),
+            _ => line(i, ""),
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let o = stook_blas(&sheaf_job(d, &input, "fail", "minilm-numpy", ""));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("requests.jsonl:6: ")
+            && err.contains("request_id: Input should be a valid UUID"),
+        "{err}"
+    );
+    let skip = "on_error = \"skip\"\nmax_retries = 0";
+    for out in ["skip", "again"] {
+        let o = stook_blas(&sheaf_job(d, &input, out, "minilm-numpy", skip));
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let errors = std::fs::read_to_string(d.join("skip/_errors.jsonl")).unwrap();
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    let e: Value = serde_json::from_str(errors.trim()).unwrap();
+    assert_eq!(e["line"], 6, "{e}");
+    let out = output_bytes(&d.join("skip"));
+    assert!(
+        out == output_bytes(&d.join("again")),
+        "ids differ between runs"
+    );
+    let ids: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["request_id"].to_string())
+        .collect();
+    assert_eq!(ids.len(), 11);
+    assert!(ids.iter().all(|id| id.len() == 38), "{ids:?}");
+    // A backend name the registry does not know: a config error.
+    let o = stook_blas(&sheaf_job(d, &input, "x", "no-such-backend", ""));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("model.options.spec") && err.contains("minilm-numpy"),
+        "names the key and what is registered: {err}"
+    );
+}

@@ -36,6 +36,11 @@ pub fn register_builtins(registry: &mut BackendRegistry) {
         python::create,
     );
     registry.register(
+        "sheaf",
+        "a sheaf-serve ModelBackend (built in or your own) in Python workers: BatchRunner's request and response lines",
+        python::create_sheaf,
+    );
+    registry.register(
         "synthetic",
         "a stand-in model with configurable load time, cost, result size and failures",
         synthetic::create,

@@ -111,13 +111,23 @@ impl JobConfig {
                 if let Some(toml::Value::String(p)) = model.options.get_mut("path") {
                     *p = base.join(&*p).to_string_lossy().into_owned();
                 }
-                // So are `module` and `python` where they name a file
-                // (`models/score.py`, `.venv/bin/python`), not a module
-                // or a command on PATH.
+                // So are `module`, `python` and `imports` where they name
+                // a file (`models/score.py`, `.venv/bin/python`), not a
+                // module or a command on PATH.
+                let resolve = |p: &mut String| {
+                    if p.contains('/') || p.ends_with(".py") {
+                        *p = base.join(&*p).to_string_lossy().into_owned();
+                    }
+                };
                 for key in ["module", "python"] {
                     if let Some(toml::Value::String(p)) = model.options.get_mut(key) {
-                        if p.contains('/') || p.ends_with(".py") {
-                            *p = base.join(&*p).to_string_lossy().into_owned();
+                        resolve(p);
+                    }
+                }
+                if let Some(toml::Value::Array(a)) = model.options.get_mut("imports") {
+                    for v in a {
+                        if let toml::Value::String(p) = v {
+                            resolve(p);
                         }
                     }
                 }

@@ -22,7 +22,12 @@
 //! next call (counted as `python_worker_restarts`), and the batch fails, so
 //! a row that kills every worker ends up alone among the bad rows.
 
+mod class;
+mod sheaf_serve;
 mod worker;
+
+pub use class::{create, BatchFormat, PythonOptions};
+pub use sheaf_serve::{create as create_sheaf, SheafOptions, SheafSpec};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,53 +45,11 @@ use stook_actors::{
 };
 
 use crate::config::ConfigProblem;
-use crate::registry::BackendOptions;
 use worker::{Fault, Launch, Worker};
 
-/// How long a worker may take to import the module and read its
-/// `output_schema` when the config is read.
+/// How long a worker may take to import the module and read what it
+/// declares when the config is read.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// `[model.options]` of `python`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PythonOptions {
-    /// The interpreter: a path (relative to the config file) or a name
-    /// looked up on `PATH`.
-    #[serde(default = "default_python")]
-    pub python: String,
-    /// A `.py` file (relative to the config file) or an importable module.
-    pub module: String,
-    /// The class in it: `__init__(self, **kwargs)`, `__call__(self, batch)`.
-    pub class: String,
-    /// Passed to `__init__`.
-    #[serde(default)]
-    pub kwargs: toml::Table,
-    /// What `__call__` gets: `pyarrow` (a Table), `numpy` (a dict of
-    /// arrays) or `pandas` (a DataFrame).
-    #[serde(default)]
-    pub batch_format: BatchFormat,
-    /// Room reserved in the store for a batch's results: this many bytes
-    /// per row …
-    #[serde(default = "default_per_row")]
-    pub result_bytes_per_row: usize,
-    /// … plus this many per byte of the batch's input.
-    #[serde(default = "default_per_byte")]
-    pub result_bytes_per_input_byte: usize,
-}
-
-/// The batch type the class is called with, as Ray Data names them.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchFormat {
-    /// A `pyarrow.Table`.
-    #[default]
-    Pyarrow,
-    /// A dict of column name → `numpy.ndarray`.
-    Numpy,
-    /// A `pandas.DataFrame`.
-    Pandas,
-}
 
 fn default_python() -> String {
     "python3".into()
@@ -100,54 +63,64 @@ fn default_per_byte() -> usize {
     2
 }
 
-/// The backend: the options, and the output schema the class declares.
+/// Room reserved in the store for a batch's results.
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct Room {
+    /// This many bytes per row …
+    #[serde(default = "default_per_row")]
+    pub result_bytes_per_row: usize,
+    /// … plus this many per byte of the batch's input.
+    #[serde(default = "default_per_byte")]
+    pub result_bytes_per_input_byte: usize,
+}
+
+impl Room {
+    fn bound(&self, rows: usize, input_bytes: usize) -> usize {
+        rows.saturating_mul(self.result_bytes_per_row)
+            .saturating_add(input_bytes.saturating_mul(self.result_bytes_per_input_byte))
+    }
+}
+
+/// A backend whose model runs in Python workers: a class (`python`) or a
+/// sheaf-serve backend (`sheaf`); they differ in what the worker loads.
 pub struct PythonBackend {
-    options: PythonOptions,
+    python: String,
+    /// The worker's `load` message.
+    load: Value,
+    requests: RequestSchema,
     schema: Option<SchemaRef>,
     /// The declared schema as the worker wrote it, to check at load.
     schema_text: Option<String>,
+    room: Room,
+    /// Files whose bytes are the model's fingerprint.
+    files: Vec<String>,
     timeout: Option<Duration>,
     calls: usize,
 }
 
-/// Builds `python`: starts the interpreter once to import the module and
-/// read the class's `output_schema` (the results' columns must be known
-/// before the run).
-pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
-    let opts: PythonOptions = options.parse()?;
-    let problem =
-        |key: &str, m: String| vec![ConfigProblem::new(format!("model.options.{key}"), m)];
+/// A `model.options.<key>` problem.
+fn problem(key: &str, m: String) -> Vec<ConfigProblem> {
+    vec![ConfigProblem::new(format!("model.options.{key}"), m)]
+}
+
+/// Starts an interpreter that answers `msg` (a `describe` message) and
+/// exits: what the module or backend declares, before the run.
+/// `raised_key` names the option a Python exception is blamed on.
+fn describe(python: &str, msg: &Value, raised_key: &str) -> Result<Value, Vec<ConfigProblem>> {
     let launch = Launch {
-        python: opts.python.clone(),
+        python: python.to_string(),
         cuda_visible: Some(String::new()),
     };
     let mut w = Worker::spawn(&launch).map_err(|m| problem("python", m))?;
-    let msg = json!({"op": "describe", "module": opts.module, "class": opts.class});
-    let reply = w.call(&msg, Some(DESCRIBE_TIMEOUT)).map_err(|f| match f {
-        Fault::Raised(m) => problem(
-            "module",
-            format!(
-                "cannot load class {:?} from {:?}: {m}",
-                opts.class, opts.module
-            ),
-        ),
+    w.call(msg, Some(DESCRIBE_TIMEOUT)).map_err(|f| match f {
+        Fault::Raised(m) => problem(raised_key, m),
         Fault::Lost(m) => problem("python", m),
-    })?;
-    let schema_text = reply
-        .get("schema")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let schema = match &schema_text {
-        Some(t) => Some(decode_schema(t).map_err(|m| problem("class", m))?),
-        None => None,
-    };
-    Ok(Arc::new(PythonBackend {
-        options: opts,
-        schema,
-        schema_text,
-        timeout: options.batch_timeout(),
-        calls: options.concurrent_calls(),
-    }))
+    })
+}
+
+/// A path that names a file (`models/score.py`), not a module.
+fn is_file(module: &str) -> bool {
+    module.ends_with(".py") || module.contains('/')
 }
 
 /// A schema from an empty Arrow IPC stream, base64.
@@ -162,16 +135,11 @@ fn decode_schema(text: &str) -> Result<SchemaRef, String> {
 
 impl Backend for PythonBackend {
     fn schema(&self) -> RequestSchema {
-        RequestSchema {
-            fields: Vec::new(),
-            keep_raw: true,
-            ..RequestSchema::default()
-        }
+        self.requests.clone()
     }
 
     fn result_bytes_bound(&self, rows: usize, input_bytes: usize) -> usize {
-        rows.saturating_mul(self.options.result_bytes_per_row)
-            .saturating_add(input_bytes.saturating_mul(self.options.result_bytes_per_input_byte))
+        self.room.bound(rows, input_bytes)
     }
 
     fn output_schema(&self) -> Option<SchemaRef> {
@@ -182,21 +150,23 @@ impl Backend for PythonBackend {
         &["result_bytes_per_row", "result_bytes_per_input_byte"]
     }
 
-    /// The module file's bytes, when it is a file: editing the model's
-    /// code is a change a resume must notice.
+    /// The bytes of the module's file (or the imported files): editing
+    /// the model's code is a change a resume must notice.
     fn fingerprint(&self) -> String {
-        match std::fs::read(&self.options.module) {
-            Ok(bytes) => Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-            Err(_) => String::new(),
+        if self.files.is_empty() {
+            return String::new();
         }
+        let mut h = Sha256::new();
+        for f in &self.files {
+            h.update(f.as_bytes());
+            h.update(std::fs::read(f).unwrap_or_default());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
     fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError> {
         let launch = Launch {
-            python: self.options.python.clone(),
+            python: self.python.clone(),
             cuda_visible: Some(match device {
                 Device::Cuda(i) => i.to_string(),
                 Device::Cpu => String::new(),
@@ -204,24 +174,12 @@ impl Backend for PythonBackend {
         };
         let model = PythonModel {
             launch,
-            load: json!({
-                "op": "load",
-                "module": self.options.module,
-                "class": self.options.class,
-                "kwargs": serde_json::to_value(&self.options.kwargs)
-                    .map_err(|e| ModelError::new(format!("model.options.kwargs: {e}")))?,
-                "batch_format": match self.options.batch_format {
-                    BatchFormat::Pyarrow => "pyarrow",
-                    BatchFormat::Numpy => "numpy",
-                    BatchFormat::Pandas => "pandas",
-                },
-            }),
+            load: self.load.clone(),
             schema_text: self.schema_text.clone(),
             result_schema: result_columns(self.schema.clone()),
             typed: self.schema.is_some(),
             timeout: self.timeout,
-            per_row: self.options.result_bytes_per_row,
-            per_byte: self.options.result_bytes_per_input_byte,
+            room: self.room,
             slots: (0..self.calls).map(|_| Mutex::new(None)).collect(),
             next: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
@@ -248,8 +206,7 @@ struct PythonModel {
     result_schema: SchemaRef,
     typed: bool,
     timeout: Option<Duration>,
-    per_row: usize,
-    per_byte: usize,
+    room: Room,
     /// One worker per call that may run at once.
     slots: Vec<Mutex<Option<Worker>>>,
     next: AtomicU64,
@@ -313,18 +270,25 @@ impl PythonModel {
             "length": obj.len(),
             "start": start,
             "rows": batch.len(),
+            "input_key": batch.input_key(),
         });
         let reply = w.call(&msg, self.timeout)?;
+        if let Some(invalid) = reply.get("invalid").and_then(Value::as_array) {
+            let rows = invalid
+                .iter()
+                .filter_map(|v| Some((v.get(0)?.as_u64()? as usize, v.get(1)?.as_str()?)))
+                .filter(|(i, _)| *i < batch.len())
+                .map(|(i, why)| (i, why.to_string()))
+                .collect();
+            return Ok(Computed::Invalid(rows));
+        }
         let Some(room) = reply.get("room").and_then(Value::as_u64) else {
             return Err(Fault::Lost(format!(
                 "the worker answered {reply} to a batch"
             )));
         };
         let room = room as usize;
-        let values = batch
-            .len()
-            .saturating_mul(self.per_row)
-            .saturating_add(batch.data_bytes().saturating_mul(self.per_byte));
+        let values = self.room.bound(batch.len(), batch.data_bytes());
         let allowed = output_bound(&self.result_schema, batch.len(), values);
         if room > allowed {
             w.call(&json!({"op": "abort"}), self.timeout)?;
@@ -380,7 +344,12 @@ impl PythonModel {
 
 enum Computed {
     Done(arrow_array::RecordBatch),
-    TooLarge { room: usize, allowed: usize },
+    /// Requests the model's own types refuse: (index in the batch, why).
+    Invalid(Vec<(usize, String)>),
+    TooLarge {
+        room: usize,
+        allowed: usize,
+    },
     NoRoom(String),
 }
 
@@ -412,8 +381,17 @@ impl Model for PythonModel {
             Ok(Computed::TooLarge { room, allowed }) => {
                 return Err(ModelError::unavailable(format!(
                     "the results of {lines} take {room} bytes, more than the {allowed} bytes reserved for them (model.options.result_bytes_per_row = {} per row plus result_bytes_per_input_byte = {} per input byte): raise them",
-                    self.per_row, self.per_byte
+                    self.room.result_bytes_per_row, self.room.result_bytes_per_input_byte
                 )))
+            }
+            Ok(Computed::Invalid(rows)) => {
+                let Some((i, why)) = rows.into_iter().next() else {
+                    return Err(ModelError::new("internal: an empty list of invalid rows"));
+                };
+                return Err(ModelError::for_row(
+                    batch.row(i),
+                    format!("the request is invalid: {why}"),
+                ));
             }
             Ok(Computed::NoRoom(why)) => {
                 return Err(ModelError::unavailable(format!("{lines}: {why}")))

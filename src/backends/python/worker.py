@@ -8,7 +8,8 @@
 #   describe  -> {"schema": <Arrow IPC stream, base64> | null}
 #   load      -> {"pid": ...}               (the class built once, kwargs)
 #   store     -> {}                         (fd attached: map it)
-#   batch     -> {"room": n} | {"error": ...}
+#   describe_sheaf, load_sheaf: the same for a sheaf-serve backend
+#   batch     -> {"room": n} | {"invalid": [[i, why], ...]} | {"error": ...}
 #   write     -> {"written": n}             (into the room at "offset")
 #   abort     -> {}                         (no room: drop the result)
 #
@@ -27,6 +28,10 @@ import traceback
 
 CONTROL_FD = 3
 ROW, RAW = "_row", "_raw"
+
+
+class Refused(Exception):
+    """An error of the job's own making: said without a traceback."""
 
 
 def fail(message):
@@ -62,25 +67,112 @@ class Channel:
         self.sock.sendall(struct.pack("<I", len(data)) + data)
 
 
-def load_class(module, name):
+def import_module(module):
+    """A module by name, or a .py file (its folder goes on sys.path first,
+    so that it imports its neighbours)."""
     if module.endswith(".py") or os.sep in module:
         path = os.path.abspath(module)
-        # Its own folder first, so that it imports its neighbours.
         sys.path.insert(0, os.path.dirname(path))
         stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in sys.modules:
+            return sys.modules[stem]
         spec = importlib.util.spec_from_file_location(stem, path)
         if spec is None:
             raise ImportError(f"cannot load {path} as a module")
         mod = importlib.util.module_from_spec(spec)
         sys.modules[stem] = mod
         spec.loader.exec_module(mod)
-    else:
+        return mod
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-        mod = importlib.import_module(module)
+    return importlib.import_module(module)
+
+
+def load_class(module, name):
+    mod = import_module(module)
     try:
         return getattr(mod, name)
     except AttributeError:
         raise AttributeError(f"module {module!r} has no class {name!r}") from None
+
+
+def request_id(input_key, row):
+    """The id stook gives a request without one: as the embedding
+    backend's sheaf schema derives it (a UUID-shaped digest of the input's
+    content key and the 0-based row)."""
+    import hashlib
+
+    h = hashlib.sha256(b"stook request_id\0" + input_key.encode() + row.to_bytes(8, "little"))
+    b = bytearray(h.digest()[:16])
+    b[6] = (b[6] & 0x0F) | 0x80
+    b[8] = (b[8] & 0x3F) | 0x80
+    x = b.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+class Sheaf:
+    """A sheaf-serve backend, built through sheaf-serve's own registry."""
+
+    def __init__(self, imports, spec, load):
+        for module in imports:
+            import_module(module)
+        from sheaf.backends._register import (
+            register_builtin_backends,
+            register_extra_backends,
+        )
+
+        register_builtin_backends()
+        register_extra_backends()
+        from pydantic import TypeAdapter
+        from sheaf.api.base import ModelType
+        from sheaf.api.union import AnyRequest
+        from sheaf.registry import _BACKEND_REGISTRY
+
+        self.model_type = ModelType(spec["model_type"])
+        cls = _BACKEND_REGISTRY.get(spec["backend"])
+        if cls is None:
+            raise Refused(
+                f"unknown sheaf backend {spec['backend']!r}; registered: "
+                + ", ".join(sorted(_BACKEND_REGISTRY))
+                + " (a backend of your own is registered by a module in `imports`)"
+            )
+        self.adapter = TypeAdapter(AnyRequest)
+        self.backend = None
+        if load:
+            from sheaf.model_opt import apply_model_opt
+
+            backend = cls(**spec.get("backend_kwargs", {}))
+            apply_model_opt(backend, None, spec["name"])
+            backend.load()
+            self.backend = backend
+
+    def __call__(self, rows, numbers, input_key):
+        from pydantic import ValidationError
+
+        requests, invalid = [], []
+        for i, (row, n) in enumerate(zip(rows, numbers)):
+            if row.get("request_id") is None:
+                row["request_id"] = request_id(input_key, n)
+            try:
+                req = self.adapter.validate_python(row)
+            except ValidationError as e:
+                # loc[0] is the union's tag (the model_type): left out.
+                said = "; ".join(
+                    f"{'.'.join(str(x) for x in err['loc'][1:]) or 'the request'}: {err['msg']}"
+                    for err in e.errors()
+                )
+                invalid.append((i, said))
+                continue
+            if req.model_type != self.model_type:
+                invalid.append((i, f"model_type {req.model_type.value!r} is not the spec's {self.model_type.value!r}"))
+                continue
+            requests.append(req)
+        if invalid:
+            return None, invalid
+        responses = self.backend.batch_predict(requests)
+        if len(responses) != len(requests):
+            raise ValueError(f"batch_predict returned {len(responses)} responses for {len(requests)} requests")
+        return [json.dumps(r.model_dump(mode="json")) for r in responses], []
 
 
 def schema_bytes(pa, schema):
@@ -112,6 +204,7 @@ class Worker:
         self.mm = None
         self.view = None
         self.result = None
+        self.sheaf = None
         import pyarrow
 
         self.pa = pyarrow
@@ -131,6 +224,14 @@ class Worker:
         schema = schema_bytes(self.pa, self.schema) if self.schema is not None else None
         return {"pid": os.getpid(), "schema": schema}
 
+    def describe_sheaf(self, msg):
+        Sheaf(msg["imports"], msg["spec"], load=False)
+        return {}
+
+    def load_sheaf(self, msg):
+        self.sheaf = Sheaf(msg["imports"], msg["spec"], load=True)
+        return {"pid": os.getpid(), "schema": None}
+
     def store(self, msg):
         if not self.channel.fds:
             raise RuntimeError("internal: the store's descriptor did not arrive")
@@ -146,13 +247,16 @@ class Worker:
         self.view = self.pa.py_buffer(self.mm)
         return {}
 
+    def batch_at(self, msg):
+        """The batch's record batch, read in place from the store."""
+        obj = self.view.slice(msg["offset"], msg["length"])
+        batch = self.pa.ipc.open_stream(obj).read_next_batch()
+        return batch.slice(msg["start"], msg["rows"])
+
     def rows(self, msg):
         """The batch's rows as a pyarrow Table, read in place."""
         pa = self.pa
-        obj = self.view.slice(msg["offset"], msg["length"])
-        batch = pa.ipc.open_stream(obj).read_next_batch()
-        batch = batch.slice(msg["start"], msg["rows"])
-        raw = batch.column(RAW)
+        raw = self.batch_at(msg).column(RAW)
         if pa.types.is_struct(raw.type):
             # A table's rows: their own typed columns.
             return pa.Table.from_batches([pa.RecordBatch.from_struct_array(raw)])
@@ -202,6 +306,8 @@ class Worker:
 
     def batch(self, msg):
         pa = self.pa
+        if self.sheaf is not None:
+            return self.sheaf_batch(msg)
         table = self.rows(msg)
         result = self.as_table(self.model(self.formatted(table)))
         if result.num_rows != msg["rows"]:
@@ -225,6 +331,11 @@ class Worker:
                 for r in result.to_pylist()
             ]
             result = pa.table({"result": pa.array(texts, pa.string())})
+        return self.stage(result)
+
+    def stage(self, result):
+        """Serialises `result` and asks for room for it in the store."""
+        pa = self.pa
         batch = result.combine_chunks().to_batches()
         batch = batch[0] if batch else pa.RecordBatch.from_pylist([], schema=result.schema)
         sink = pa.BufferOutputStream()
@@ -232,6 +343,20 @@ class Worker:
             w.write_batch(batch)
         self.result = sink.getvalue()
         return {"room": self.result.size}
+
+    def sheaf_batch(self, msg):
+        pa = self.pa
+        batch = self.batch_at(msg)
+        raw = batch.column(RAW)
+        if pa.types.is_struct(raw.type):
+            rows = raw.to_pylist()
+        else:
+            rows = [json.loads(t) for t in raw.to_pylist()]
+        numbers = batch.column(ROW).to_pylist()
+        texts, invalid = self.sheaf(rows, numbers, msg["input_key"])
+        if invalid:
+            return {"invalid": invalid}
+        return self.stage(pa.table({"result": pa.array(texts, pa.string())}))
 
     def write(self, msg):
         data, self.result = self.result, None
@@ -250,6 +375,8 @@ def main():
     ops = {
         "describe": worker.describe,
         "load": worker.load,
+        "describe_sheaf": worker.describe_sheaf,
+        "load_sheaf": worker.load_sheaf,
         "store": worker.store,
         "batch": worker.batch,
         "write": worker.write,
@@ -262,6 +389,8 @@ def main():
         op = msg.get("op")
         try:
             reply = ops[op](msg)
+        except Refused as e:
+            reply = {"error": str(e)}
         except Exception as e:  # the user's code: report it, keep serving
             reply = fail(f"{type(e).__name__}: {e}")
         channel.send(reply)
