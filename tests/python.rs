@@ -498,3 +498,51 @@ fn sheaf_requests_are_checked_by_line_and_ids_are_stable() {
         "names the key and what is registered: {err}"
     );
 }
+
+#[test]
+fn a_killed_job_resumes_and_passthrough_columns_come_along() {
+    let dir = tempdir();
+    let d = dir.path();
+    let n = 3000;
+    let inp = input(d, n, &[]);
+    let with = |cfg: PathBuf| {
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("[model]", "passthrough = [\"text\"]\n[model]")
+            + "[checkpoint]\nshard_rows = 200\n";
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let clean = with(job(d, &inp, "clean", "Arrow", "", ""));
+    run_ok(&clean);
+    let cfg = with(job(d, &inp, "out", "Slow", &marks_kwargs(d), ""));
+    // SIGKILL once two shards are committed, then run again to the end.
+    let mut child = Command::new(stook_bin())
+        .args(["run", cfg.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let committed = || {
+        std::fs::read_to_string(d.join("out/_manifest.jsonl"))
+            .map(|m| m.matches("\"shard\"").count())
+            .unwrap_or(0)
+    };
+    while committed() < 2 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(committed() >= 2 && committed() < 15, "killed mid-run");
+    let report = run_ok(&cfg);
+    assert!(report["rows_resumed"].as_u64() >= Some(400), "{report}");
+    let out = output_bytes(&d.join("out"));
+    assert!(
+        out == output_bytes(&d.join("clean")),
+        "resumed output differs"
+    );
+    let first: Value = serde_json::from_slice(out.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["text"], text(0, &[]), "{first}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_no_worker_left(d);
+}
