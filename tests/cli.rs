@@ -329,7 +329,7 @@ fn config_problems_are_all_reported_with_their_keys() {
     let err = stderr(&c.stook(&["validate", p.to_str().unwrap()]));
     assert!(
         err.contains(
-            "model.backend: unknown backend \"bert\", expected one of: echo, embedding, openai-http, python, synthetic"
+            "model.backend: unknown backend \"bert\", expected one of: echo, embedding, openai-http, python, sheaf, synthetic"
         ),
         "{err}"
     );
