@@ -192,6 +192,16 @@ fn exceptions_and_interpreter_crashes_cost_only_their_own_rows() {
     );
     let report = run_ok(&cfg);
     check_typed(&output_bytes(&d.join("out")), n, &[7, 40], &triggers);
+    // Byte for byte: a clean run's output less those two rows.
+    run_ok(&job(d, &inp, "clean", "Arrow", "", ""));
+    let clean = String::from_utf8(output_bytes(&d.join("clean"))).unwrap();
+    let expect: String = clean
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| ![7, 40].contains(i))
+        .map(|(_, l)| format!("{l}\n"))
+        .collect();
+    assert!(output_bytes(&d.join("out")) == expect.into_bytes());
     let errors = std::fs::read_to_string(d.join("out/_errors.jsonl")).unwrap();
     let errors: Vec<Value> = errors
         .lines()
@@ -318,19 +328,26 @@ fn bad_options_name_their_key() {
     }
 }
 
-/// Starts `stook run cfg`, waits until `ready` exists, then sends SIGINT
-/// `times` times (a second one exits at once); the exit status.
-fn interrupt(cfg: &Path, ready: &Path, times: usize) -> std::process::ExitStatus {
-    let mut child = Command::new(stook_bin())
+/// Starts `stook run cfg` and waits (a minute at most) until `ready`
+/// says so.
+fn spawn_until(cfg: &Path, ready: impl Fn() -> bool) -> std::process::Child {
+    let child = Command::new(stook_bin())
         .args(["run", cfg.to_str().unwrap()])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let started = Instant::now();
-    while !ready.exists() && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
+    while !ready() && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(ready.exists(), "{} never appeared", ready.display());
+    assert!(ready(), "{} never got there", cfg.display());
+    child
+}
+
+/// Starts `stook run cfg`, waits until `ready` exists, then sends SIGINT
+/// `times` times (a second one exits at once); the exit status.
+fn interrupt(cfg: &Path, ready: &Path, times: usize) -> std::process::ExitStatus {
+    let mut child = spawn_until(cfg, || ready.exists());
     for _ in 0..times {
         // SAFETY: plain syscall on our child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -361,15 +378,7 @@ fn ctrl_c_stops_every_worker() {
     // SIGKILL of stook itself: the workers die with it.
     std::fs::remove_file(d.join("marks/hung")).unwrap();
     let cfg = job(d, &hang, "killed", "Faulty", &marks_kwargs(d), "");
-    let mut child = Command::new(stook_bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while !d.join("marks/hung").exists() && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_until(&cfg, || d.join("marks/hung").exists());
     child.kill().unwrap();
     child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -517,20 +526,12 @@ fn a_killed_job_resumes_and_passthrough_columns_come_along() {
     run_ok(&clean);
     let cfg = with(job(d, &inp, "out", "Slow", &marks_kwargs(d), ""));
     // SIGKILL once two shards are committed, then run again to the end.
-    let mut child = Command::new(stook_bin())
-        .args(["run", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
     let committed = || {
         std::fs::read_to_string(d.join("out/_manifest.jsonl"))
             .map(|m| m.matches("\"shard\"").count())
             .unwrap_or(0)
     };
-    while committed() < 2 && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = spawn_until(&cfg, || committed() >= 2);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(committed() >= 2 && committed() < 15, "killed mid-run");
