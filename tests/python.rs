@@ -285,6 +285,30 @@ fn results_ten_times_their_input_stay_within_the_store_budget() {
     );
     let out = String::from_utf8(output_bytes(&d.join("out"))).unwrap();
     assert_eq!(out.lines().count(), n);
+    // The vectors as a Parquet table into a numpy class: each row's vector
+    // is a row of a 2-D array.
+    let vectors = job(d, &inp, "vectors.parquet", "Vectors", "", "");
+    let text = std::fs::read_to_string(&vectors)
+        .unwrap()
+        .replace("[model]", "format = \"parquet\"\n[model]");
+    std::fs::write(&vectors, text).unwrap();
+    run_ok(&vectors);
+    let sums = job(
+        d,
+        &d.join("vectors.parquet"),
+        "sums",
+        "VectorSums",
+        "batch_format = \"numpy\"",
+        "",
+    );
+    run_ok(&sums);
+    let sums = String::from_utf8(output_bytes(&d.join("sums"))).unwrap();
+    assert_eq!(sums.lines().count(), n);
+    assert!(
+        sums.lines().all(|l| l == "{\"total\":256.0,\"width\":256}"),
+        "{}",
+        sums.lines().next().unwrap_or_default()
+    );
     // Too little room for them is a clear error, not a crash.
     let cfg = job(d, &inp, "small", "Vectors", "result_bytes_per_row = 16", "");
     let o = stook(&["run", cfg.to_str().unwrap()]);

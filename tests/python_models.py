@@ -129,3 +129,17 @@ class Slow(Arrow):
     def __call__(self, batch):
         time.sleep(0.1)
         return super().__call__(batch)
+
+
+class VectorSums:
+    """A numpy model over vectors: each row's fixed-size list arrives as a
+    row of a 2-D array."""
+
+    output_schema = pa.schema([("total", pa.float64()), ("width", pa.int32())])
+
+    def __call__(self, batch):
+        import numpy as np
+
+        v = batch["vector"]
+        assert isinstance(v, np.ndarray) and v.ndim == 2, (type(v), getattr(v, "shape", None))
+        return {"total": v.sum(axis=1), "width": np.full(len(v), v.shape[1], dtype=np.int32)}

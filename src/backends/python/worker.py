@@ -274,8 +274,18 @@ class Worker:
         if self.format == "pyarrow":
             return table
         if self.format == "numpy":
-            return {name: table.column(name).to_numpy() for name in table.column_names}
+            return {name: self.ndarray(table.column(name)) for name in table.column_names}
         return table.to_pandas()
+
+    def ndarray(self, column):
+        """A column as numpy: a fixed-size list (a vector a row) becomes a
+        2-D array, as Ray Data gives tensor columns."""
+        pa = self.pa
+        if pa.types.is_fixed_size_list(column.type) and column.null_count == 0:
+            width = column.type.list_size
+            flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            return flat.reshape(len(column), width)
+        return column.to_numpy()
 
     def as_table(self, result):
         pa = self.pa
