@@ -15,7 +15,9 @@
 # peak RSS summed over the tree and peak PSS (shared memory divided among
 # the processes mapping it). Rows/s are over each command's whole wall
 # time; for Ray also without ray.init() (measured inside its script).
-# Rounds alternate; medians are reported.
+# Rounds alternate; medians are reported. Then a class whose results are
+# ten times its input (TENFOLD_ROWS rows, a 16 MiB budget): its peak store
+# against the budget.
 #
 #   scripts/bench-python.sh                         200,000 rows, 3 rounds
 #   ROWS=1000000 ROUNDS=5 scripts/bench-python.sh
@@ -92,6 +94,26 @@ python = \"$PY\"
 module = \"identity.py\"
 class = \"Identity\""
 job echo echo ""
+# Results ten times their input and more: a 512-float vector (2,048 bytes
+# of values, about 5 KB of JSON) for each ~160-byte row, under a 16 MiB
+# budget.
+cat >"$WORK/tenfold.py" <<'EOF'
+import numpy as np
+import pyarrow as pa
+
+class Tenfold:
+    output_schema = pa.schema([("id", pa.int64()), ("vector", pa.list_(pa.float32(), 512))])
+    def __call__(self, batch):
+        ids = batch["id"].to_numpy()
+        v = ((ids % 7 + 1) / 7).astype(np.float32)
+        return {"id": ids, "vector": np.repeat(v[:, None], 512, axis=1)}
+EOF
+job tenfold python "[model.options]
+python = \"$PY\"
+module = \"tenfold.py\"
+class = \"Tenfold\"
+result_bytes_per_row = 2100"
+sed -i 's/object_store = "64MiB"/object_store = "16MiB"/; s/^size = .*/size = 256/; s/path = "in.jsonl"/path = "in-tenfold.jsonl"/' "$WORK/tenfold.toml"
 for r in $(seq 1 "$ROUNDS"); do
   for which in ray stook echo; do
     rm -rf "$WORK/out-$which"
@@ -113,6 +135,24 @@ for name, pattern in [("ray", "out-ray/*.json"), ("stook", "out-stook/part-*.jso
     assert ids(f"{work}/{pattern}") == want, f"{name}: rows missing or repeated"
 EOF
 done
+TENFOLD_ROWS=${TENFOLD_ROWS:-200000}
+head -n "$TENFOLD_ROWS" "$WORK/in.jsonl" >"$WORK/in-tenfold.jsonl"
+rm -rf "$WORK/out-tenfold"
+"$STOOK" run "$WORK/tenfold.toml" 2>"$WORK/tenfold.log"
+"$PY" - "$WORK" <<'EOF'
+import glob, json, os, sys
+work = sys.argv[1]
+r = json.load(open(f"{work}/out-tenfold/_report.json"))
+inp = os.path.getsize(f"{work}/in-tenfold.jsonl")
+out = sum(os.path.getsize(p) for p in glob.glob(f"{work}/out-tenfold/part-*"))
+MiB = 1 << 20
+values = r["rows"] * 512 * 4
+print(f"tenfold: {r['rows']} rows, {inp / MiB:.1f} MiB in, results {values / MiB:.1f} MiB of floats "
+      f"({values / inp:.1f}x the input), {out / MiB:.1f} MiB of JSON Lines ({out / inp:.1f}x), "
+      f"{r['rows_per_second']:.0f} rows/s, peak store {r['peak_store_bytes'] / MiB:.2f} MiB of "
+      f"{r['store_budget_bytes'] / MiB:.0f} MiB "
+      f"({'within' if r['peak_store_bytes'] <= r['store_budget_bytes'] else 'OVER'} the budget)")
+EOF
 "$PY" - "$WORK" "$ROWS" "$ROUNDS" <<'EOF'
 import json, statistics, sys
 work, rows, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
