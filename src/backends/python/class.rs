@@ -1,7 +1,7 @@
 //! `backend = "python"`: a Python class, as Ray Data's `map_batches` takes
 //! it (see the module above for how it runs).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -71,7 +71,7 @@ impl BatchFormat {
 pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigProblem>> {
     let o: PythonOptions = options.parse()?;
     let msg = json!({"op": "describe", "module": o.module, "class": o.class});
-    let reply = describe(&o.python, &msg, "module").map_err(|mut p| {
+    let (reply, spare) = describe(&o.python, &msg, "module").map_err(|mut p| {
         for problem in &mut p {
             if problem.key == "model.options.module" {
                 problem.message = format!(
@@ -118,5 +118,6 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
         python: o.python,
         timeout: options.batch_timeout(),
         calls: options.concurrent_calls(),
+        spare: Mutex::new(Some(spare)),
     }))
 }

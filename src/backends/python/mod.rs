@@ -96,6 +96,9 @@ pub struct PythonBackend {
     files: Vec<String>,
     timeout: Option<Duration>,
     calls: usize,
+    /// The interpreter that described the model, for the first CPU model
+    /// to load in.
+    spare: Mutex<Option<Worker>>,
 }
 
 /// A `model.options.<key>` problem.
@@ -106,16 +109,27 @@ fn problem(key: &str, m: String) -> Vec<ConfigProblem> {
 /// Starts an interpreter that answers `msg` (a `describe` message) and
 /// exits: what the module or backend declares, before the run.
 /// `raised_key` names the option a Python exception is blamed on.
-fn describe(python: &str, msg: &Value, raised_key: &str) -> Result<Value, Vec<ConfigProblem>> {
-    let launch = Launch {
-        python: python.to_string(),
-        cuda_visible: Some(String::new()),
-    };
-    let mut w = Worker::spawn(&launch).map_err(|m| problem("python", m))?;
-    w.call(msg, Some(DESCRIBE_TIMEOUT)).map_err(|f| match f {
+/// The interpreter is kept: the first CPU model loads in it (its imports
+/// are done already) rather than in a new one.
+fn describe(
+    python: &str,
+    msg: &Value,
+    raised_key: &str,
+) -> Result<(Value, Worker), Vec<ConfigProblem>> {
+    let mut w = Worker::spawn(&cpu_launch(python)).map_err(|m| problem("python", m))?;
+    let reply = w.call(msg, Some(DESCRIBE_TIMEOUT)).map_err(|f| match f {
         Fault::Raised(m) => problem(raised_key, m),
         Fault::Lost(m) => problem("python", m),
-    })
+    })?;
+    Ok((reply, w))
+}
+
+/// How a worker for the CPU starts: no GPU visible to it.
+fn cpu_launch(python: &str) -> Launch {
+    Launch {
+        python: python.to_string(),
+        cuda_visible: Some(String::new()),
+    }
 }
 
 /// A path that names a file (`models/score.py`), not a module.
@@ -165,12 +179,12 @@ impl Backend for PythonBackend {
     }
 
     fn load(&self, device: &Device) -> Result<Arc<dyn Model>, ModelError> {
-        let launch = Launch {
-            python: self.python.clone(),
-            cuda_visible: Some(match device {
-                Device::Cuda(i) => i.to_string(),
-                Device::Cpu => String::new(),
-            }),
+        let launch = match device {
+            Device::Cuda(i) => Launch {
+                python: self.python.clone(),
+                cuda_visible: Some(i.to_string()),
+            },
+            Device::Cpu => cpu_launch(&self.python),
         };
         let model = PythonModel {
             launch,
@@ -187,7 +201,14 @@ impl Backend for PythonBackend {
         // Every worker loads at once; the first failure is the answer.
         let mut started = Vec::new();
         for _ in 0..self.calls {
-            let mut w = Worker::spawn(&model.launch).map_err(ModelError::new)?;
+            let spare = match device {
+                Device::Cpu => lock(&self.spare).take(),
+                Device::Cuda(_) => None,
+            };
+            let mut w = match spare {
+                Some(w) => w,
+                None => Worker::spawn(&model.launch).map_err(ModelError::new)?,
+            };
             w.send_load(&model.load).map_err(fault)?;
             started.push(w);
         }

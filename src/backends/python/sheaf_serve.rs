@@ -16,7 +16,7 @@
 //! the `embedding` backend's sheaf schema does), so a rerun writes the
 //! same bytes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use serde_json::json;
@@ -79,7 +79,7 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
         "backend": o.spec.backend,
         "backend_kwargs": kwargs,
     });
-    describe(
+    let (_, spare) = describe(
         &o.python,
         &json!({"op": "describe_sheaf", "imports": o.imports, "spec": spec}),
         "spec",
@@ -109,5 +109,6 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
         python: o.python,
         timeout: options.batch_timeout(),
         calls: options.concurrent_calls(),
+        spare: Mutex::new(Some(spare)),
     }))
 }

@@ -2,7 +2,9 @@
 //!
 //! The worker is `python -u -c <worker.py>` in its own process group,
 //! with the control socket as file descriptor 3 and `PR_SET_PDEATHSIG`
-//! set, so that it dies with stook. Its stdout and stderr are read line by
+//! set, so that it dies with stook (every worker is forked by one thread
+//! that lives as long as the process, since the signal follows the
+//! forking thread). Its stdout and stderr are read line by
 //! line into stook's log (target `stook::python`; stdout at info, stderr at
 //! warn); the last lines of stderr are kept for the message when it dies. Dropping a [`Worker`] closes the
 //! socket, waits a moment for it to exit and then kills its whole group.
@@ -13,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -85,7 +87,7 @@ impl Worker {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut child = spawn_child(cmd).map_err(|e| {
             format!(
                 "cannot start the Python interpreter {:?}: {e} (model.options.python)",
                 launch.python
@@ -259,6 +261,43 @@ impl Drop for Worker {
         } else {
             self.kill();
         }
+    }
+}
+
+/// A spawn request for the spawner thread, and where its answer goes.
+type SpawnRequest = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+/// Starts `cmd` from one thread that lives as long as the process:
+/// `PR_SET_PDEATHSIG` fires when the thread that forked a child ends, so a
+/// worker forked by a thread that ends (a host's, an actor's at the end of
+/// a run) would be killed with it.
+fn spawn_child(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<SpawnRequest>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("python-spawner".into())
+            .spawn(move || {
+                for (mut cmd, answer) in rx {
+                    let _ = answer.send(cmd.spawn());
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let Some(spawner) = spawner else {
+        return cmd.spawn();
+    };
+    let (answer, got) = mpsc::sync_channel(1);
+    let sent = spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, answer));
+    match sent {
+        Ok(()) => got
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("the spawner thread is gone"))),
+        Err(mpsc::SendError((mut cmd, _))) => cmd.spawn(),
     }
 }
 
