@@ -263,10 +263,8 @@ fn descendants_rss() -> u64 {
     };
     let (mut todo, mut total) = (children("self"), 0);
     while let Some(pid) = todo.pop() {
-        total += ["RssAnon:", "RssFile:"]
-            .iter()
-            .map(|k| status_kib(&format!("/proc/{pid}/status"), k) * 1024)
-            .sum::<u64>();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        total += (kib_in(&status, "RssAnon:") + kib_in(&status, "RssFile:")) * 1024;
         todo.extend(children(&pid));
     }
     total
@@ -278,17 +276,18 @@ pub fn rss_bytes() -> u64 {
 }
 
 fn proc_status_kib(key: &str) -> u64 {
-    status_kib("/proc/self/status", key)
+    kib_in(
+        &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
+        key,
+    )
 }
 
-fn status_kib(path: &str, key: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+/// The KiB figure of `key` in a /proc status text, or 0.
+fn kib_in(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }

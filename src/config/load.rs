@@ -115,7 +115,7 @@ impl JobConfig {
                 // a file (`models/score.py`, `.venv/bin/python`), not a
                 // module or a command on PATH.
                 let resolve = |p: &mut String| {
-                    if p.contains('/') || p.ends_with(".py") {
+                    if crate::backends::python::names_a_file(p) {
                         *p = base.join(&*p).to_string_lossy().into_owned();
                     }
                 };

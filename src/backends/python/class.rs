@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 use stook_actors::{Backend, RequestSchema};
 
 use super::{
-    default_per_byte, default_per_row, default_python, describe, is_file, problem, PythonBackend,
-    Room,
+    default_per_byte, default_per_row, default_python, describe, names_a_file, problem,
+    PythonBackend, Room,
 };
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
@@ -110,7 +110,7 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
             result_bytes_per_row: o.result_bytes_per_row,
             result_bytes_per_input_byte: o.result_bytes_per_input_byte,
         },
-        files: if is_file(&o.module) {
+        files: if names_a_file(&o.module) {
             vec![o.module.clone()]
         } else {
             Vec::new()

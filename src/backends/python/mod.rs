@@ -132,9 +132,11 @@ fn cpu_launch(python: &str) -> Launch {
     }
 }
 
-/// A path that names a file (`models/score.py`), not a module.
-fn is_file(module: &str) -> bool {
-    module.ends_with(".py") || module.contains('/')
+/// Whether an option's value names a file (`models/score.py`,
+/// `.venv/bin/python`) rather than a module or a command on PATH: the
+/// config loader takes such values from the config file's folder.
+pub(crate) fn names_a_file(value: &str) -> bool {
+    value.ends_with(".py") || value.contains('/')
 }
 
 /// A schema from an empty Arrow IPC stream, base64.
@@ -383,14 +385,21 @@ impl Model for PythonModel {
         let mut slot = self.slot();
         if slot.is_none() {
             // The last worker here died: a new one loads the model again.
-            let mut w = Worker::spawn(&self.launch).map_err(ModelError::unavailable)?;
-            w.send_load(&self.load)
-                .and_then(|()| w.reply(None).map(drop))
-                .map_err(|f| match f {
-                    Fault::Raised(m) | Fault::Lost(m) => ModelError::unavailable(format!(
-                        "a replacement Python worker could not load the model: {m}"
-                    )),
-                })?;
+            // Loaded as at the start (the output_schema checked too); a
+            // failure is no row's: the job stops, keeping what it wrote.
+            let replaced = Worker::spawn(&self.launch)
+                .map_err(ModelError::new)
+                .and_then(|mut w| {
+                    w.send_load(&self.load).map_err(fault)?;
+                    self.loaded(&mut w)?;
+                    Ok(w)
+                });
+            let w = replaced.map_err(|e| {
+                ModelError::unavailable(format!(
+                    "a replacement Python worker could not load the model: {}",
+                    e.message
+                ))
+            })?;
             self.restarts.fetch_add(1, Ordering::Relaxed);
             *slot = Some(w);
         }

@@ -22,7 +22,9 @@ use serde::Deserialize;
 use serde_json::json;
 use stook_actors::{Backend, FieldKind, FieldSpec, RequestSchema};
 
-use super::{default_per_byte, default_python, describe, is_file, problem, PythonBackend, Room};
+use super::{
+    default_per_byte, default_python, describe, names_a_file, problem, PythonBackend, Room,
+};
 use crate::config::ConfigProblem;
 use crate::registry::BackendOptions;
 
@@ -105,7 +107,12 @@ pub fn create(options: &BackendOptions) -> Result<Arc<dyn Backend>, Vec<ConfigPr
             result_bytes_per_row: o.result_bytes_per_row,
             result_bytes_per_input_byte: o.result_bytes_per_input_byte,
         },
-        files: o.imports.iter().filter(|m| is_file(m)).cloned().collect(),
+        files: o
+            .imports
+            .iter()
+            .filter(|m| names_a_file(m))
+            .cloned()
+            .collect(),
         python: o.python,
         timeout: options.batch_timeout(),
         calls: options.concurrent_calls(),
