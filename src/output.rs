@@ -3,7 +3,10 @@
 //! config knows: the manifest header a job's config and input make.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
+use stook_actors::checkpoint::protocol::{merge_staged, prepare_staged, status_staged};
+use stook_actors::checkpoint::remote::Staged;
 use stook_actors::checkpoint::{InputFingerprint, ManifestHeader, Worker};
 
 pub use stook_actors::checkpoint::protocol::{
@@ -61,4 +64,97 @@ pub fn header_for(
         );
     }
     Ok(ManifestHeader::new(input, c, worker))
+}
+
+/// The output: a local directory, or a prefix in object storage whose files
+/// are written in a local staging directory first.
+pub enum OutputDir {
+    /// A local directory.
+    Local(PathBuf),
+    /// A prefix in object storage.
+    Staged(Staged),
+}
+
+impl OutputDir {
+    /// `config`'s output, for `worker`.
+    pub fn of(config: &JobConfig, worker: Worker) -> Result<Self, RunError> {
+        let o = &config.output;
+        if !stook_actors::remote::is_url(&o.path) {
+            return Ok(OutputDir::Local(o.path.clone()));
+        }
+        Staged::new(&o.path, worker, o.staging.as_deref())
+            .map(OutputDir::Staged)
+            .map_err(|source| RunError::Output {
+                path: o.staging.clone().unwrap_or_else(|| o.path.clone()),
+                source,
+            })
+    }
+
+    /// Where files are written (the staging directory for a prefix).
+    pub fn dir(&self) -> &Path {
+        match self {
+            OutputDir::Local(d) => d,
+            OutputDir::Staged(s) => &s.staging,
+        }
+    }
+
+    /// The prefix to publish committed shards to, if any.
+    pub fn staged(&self) -> Option<Staged> {
+        match self {
+            OutputDir::Local(_) => None,
+            OutputDir::Staged(s) => Some(s.clone()),
+        }
+    }
+
+    /// [`prepare`], on the directory or the prefix.
+    pub fn prepare(
+        &self,
+        header: &ManifestHeader,
+        fresh: bool,
+        resume: bool,
+    ) -> Result<Prepared, CheckpointError> {
+        match self {
+            OutputDir::Local(d) => prepare(d, header, fresh, resume),
+            OutputDir::Staged(s) => prepare_staged(s, header, fresh, resume),
+        }
+    }
+
+    /// [`status`], of the directory or the prefix.
+    pub fn status(
+        &self,
+        header: &ManifestHeader,
+        layout: Layout,
+    ) -> Result<Status, CheckpointError> {
+        match self {
+            OutputDir::Local(d) => status(d, header, layout),
+            OutputDir::Staged(s) => status_staged(s, header, layout),
+        }
+    }
+
+    /// [`merge`], of the directory or the prefix.
+    pub fn merge(
+        &self,
+        header: &ManifestHeader,
+        layout: Layout,
+        assemble: Option<&Path>,
+    ) -> Result<Totals, CheckpointError> {
+        match self {
+            OutputDir::Local(d) => merge(d, header, layout, assemble),
+            OutputDir::Staged(s) => merge_staged(s, header, layout, assemble),
+        }
+    }
+
+    /// Writes the file `name` (a report) whole: in the directory, or
+    /// uploaded to the prefix.
+    pub fn write(&self, name: &str, text: &[u8]) -> Result<(), RunError> {
+        let path = self.dir().join(name);
+        std::fs::write(&path, text).map_err(|source| RunError::Output {
+            path: path.clone(),
+            source,
+        })?;
+        if let OutputDir::Staged(s) = self {
+            s.upload(name, false)?;
+        }
+        Ok(())
+    }
 }

@@ -146,8 +146,12 @@ impl RunReport {
 
     /// Writes the report as JSON.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(path, text + "\n")
+        std::fs::write(path, self.to_json())
+    }
+
+    /// The report as JSON text (a line).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
     }
 
     /// A short human summary.

@@ -36,7 +36,7 @@ use stook_actors::RequestSchema;
 
 use crate::config::{Compute, ConfigErrors, DeviceChoice, JobConfig, OnError};
 pub use crate::error::{RunError, ERRORS_SHOWN};
-use crate::output::{self, Layout, Status, Totals, REPORT_STEM};
+use crate::output::{self, Layout, OutputDir, Status, Totals, REPORT_STEM};
 use crate::registry::BackendRegistry;
 use crate::report::{peak_rss_bytes, RunFacts, RunReport, WorkerMemory};
 
@@ -237,6 +237,10 @@ impl Job {
         self.passthrough_types(&input)?;
         let v = validate_file(&input, &self.source_schema(), &self.limits())?;
         self.check_room_for_each_row(&input)?;
+        // An output prefix in object storage: listed and written to.
+        if let OutputDir::Staged(s) = OutputDir::of(&self.config, Worker::ALONE)? {
+            s.check_writable()?;
+        }
         Ok(v)
     }
 
@@ -358,11 +362,8 @@ impl Job {
     /// missing. Reads the manifests; loads no model.
     pub fn status(&self) -> Result<Status, RunError> {
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
-        Ok(output::status(
-            &self.config.output.path,
-            &header,
-            self.layout()?,
-        )?)
+        let out = OutputDir::of(&self.config, Worker::ALONE)?;
+        Ok(out.status(&header, self.layout()?)?)
     }
 
     /// Once every worker's shards are committed: verifies every part and
@@ -372,12 +373,8 @@ impl Job {
         self.check_locations()?;
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
         let cfg = &self.config;
-        Ok(output::merge(
-            &cfg.output.path,
-            &header,
-            self.layout()?,
-            cfg.output.assemble.as_deref(),
-        )?)
+        let out = OutputDir::of(cfg, Worker::ALONE)?;
+        Ok(out.merge(&header, self.layout()?, cfg.output.assemble.as_deref())?)
     }
 
     /// Runs the job in a new `actix::System` on this thread.
@@ -432,10 +429,11 @@ impl Job {
 
         // 3. The output directory (new, or resumed) and the store.
         let header = output::header_for(cfg, self.backend.as_ref(), worker)?;
+        let out = Arc::new(OutputDir::of(cfg, worker)?);
         let prepared = {
-            let (dir, header, fresh) = (cfg.output.path.clone(), header.clone(), control.fresh);
+            let (out, header, fresh) = (out.clone(), header.clone(), control.fresh);
             let resume = cfg.checkpoint.resume;
-            off_thread(move || output::prepare(&dir, &header, fresh, resume)).await??
+            off_thread(move || out.prepare(&header, fresh, resume)).await??
         };
         let resume = prepared.resume;
         let todo = Todo {
@@ -455,7 +453,7 @@ impl Job {
             .progress
             .resumed(resume.done_rows, resume.done_errors);
         let sink_cfg = SinkConfig {
-            dir: cfg.output.path.clone(),
+            dir: out.dir().to_path_buf(),
             preserve_order: cfg.output.preserve_order,
             todo,
             done_shards: resume.done_shards.clone(),
@@ -463,6 +461,7 @@ impl Job {
             format: cfg.output.format.0,
             table: self.table_schema(&columns, &pass_types),
             name_width: stook_actors::checkpoint::name_width(layout.shards()),
+            publish: out.staged(),
         };
         let (summary, stats, workers_rss) = self
             .pipeline(
@@ -475,10 +474,10 @@ impl Job {
             )
             .await?;
         let totals = if worker.is_alone() {
-            let (dir, assemble) = (cfg.output.path.clone(), cfg.output.assemble.clone());
-            off_thread(move || output::merge(&dir, &header, layout, assemble.as_deref())).await??
+            let (out, assemble) = (out.clone(), cfg.output.assemble.clone());
+            off_thread(move || out.merge(&header, layout, assemble.as_deref())).await??
         } else {
-            output::worker_totals(&cfg.output.path, worker)?
+            output::worker_totals(out.dir(), worker)?
         };
         let report = RunReport::new(
             cfg,
@@ -495,10 +494,10 @@ impl Job {
                 worker,
             },
         );
-        let path = cfg.output.path.join(worker.file_name(REPORT_STEM, "json"));
-        report
-            .write(&path)
-            .map_err(|source| RunError::Output { path, source })?;
+        out.write(
+            &worker.file_name(REPORT_STEM, "json"),
+            report.to_json().as_bytes(),
+        )?;
         drop(prepared.lock);
         Ok(report)
     }
@@ -532,6 +531,7 @@ impl Job {
             table: self.table_schema(&columns, &[]),
             // No files: results go to the stream.
             name_width: 5,
+            publish: None,
         };
         let (summary, stats, workers_rss) = self
             .pipeline(

@@ -125,3 +125,45 @@ fn the_slurm_array_runs_one_worker_per_task() {
     assert!(submit.contains("--dependency=\"afterok:"), "{submit}");
     assert!(submit.contains("merge"), "{submit}");
 }
+
+#[test]
+fn the_object_storage_variants_need_no_shared_volume() {
+    let docs = documents("deploy/kubernetes/stook-job-s3.yaml");
+    let text = kind(&docs, "ConfigMap")["data"]["job.toml"]
+        .as_str()
+        .unwrap();
+    let config = JobConfig::from_toml(text, Path::new("/"))
+        .unwrap_or_else(|p| panic!("the ConfigMap's job.toml: {p:?}"));
+    for p in [&config.input.path, &config.output.path] {
+        assert!(p.to_str().unwrap().starts_with("s3://"), "{p:?}");
+    }
+    let pod = &kind(&docs, "Job")["spec"]["template"]["spec"];
+    let yaml = serde_yaml::to_string(pod).unwrap();
+    assert!(!yaml.contains("persistentVolumeClaim"), "{yaml}");
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"], "stook-s3",
+        "credentials from a Secret"
+    );
+    // The staging directory is on the pod's own scratch volume.
+    let scratch = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "scratch")
+        .expect("a scratch mount");
+    let staging = config.output.staging.as_ref().expect("output.staging");
+    assert!(staging.starts_with(scratch["mountPath"].as_str().unwrap()));
+    let merge_docs = documents("deploy/kubernetes/stook-merge-s3.yaml");
+    let merge = &kind(&merge_docs, "Job")["spec"]["template"]["spec"];
+    assert_eq!(
+        strings(&merge["containers"][0]["command"]),
+        ["stook", "merge", "/config/job.toml"]
+    );
+    assert_eq!(merge["volumes"][1]["configMap"]["name"], "stook-config-s3");
+
+    let slurm = JobConfig::load(&root().join("deploy/slurm/job-s3.toml"))
+        .unwrap_or_else(|p| panic!("deploy/slurm/job-s3.toml: {p:?}"));
+    assert!(slurm.input.path.to_str().unwrap().starts_with("s3://"));
+    assert!(slurm.output.path.to_str().unwrap().starts_with("s3://"));
+}

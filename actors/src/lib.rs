@@ -28,6 +28,7 @@ pub mod model;
 pub mod parts;
 pub mod pipeline;
 pub mod progress;
+pub mod remote;
 pub mod results;
 pub mod rows;
 pub mod scheduler;

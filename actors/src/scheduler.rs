@@ -640,6 +640,7 @@ mod tests {
             format: OutputFormat::Jsonl,
             table: table_schema(&columns.schema, &[], false),
             name_width: 5,
+            publish: None,
         };
         let cfg = PipelineConfig {
             feed: Feed::Rows {

@@ -55,6 +55,9 @@ pub struct SinkConfig {
     /// Digits in part and bad-row file names:
     /// [`crate::checkpoint::name_width`] of the job's shard count.
     pub name_width: usize,
+    /// The output prefix in object storage that `dir` stages for: each
+    /// committed shard is uploaded, then the manifest.
+    pub publish: Option<crate::checkpoint::remote::Staged>,
 }
 
 /// One batch of results as a stream carries it, in input order.
@@ -312,6 +315,14 @@ impl Sink {
         };
         let r = append_record(m, &record);
         self.io(&manifest, r)?;
+        if let Some(staged) = &self.cfg.publish {
+            staged.publish(&record, &manifest).map_err(|e| match e {
+                crate::checkpoint::protocol::CheckpointError::Io { path, source } => {
+                    PipelineError::output(path, source)
+                }
+                other => PipelineError::output(staged.shown(), std::io::Error::other(other)),
+            })?;
+        }
         self.summary.parts.push(name);
         self.summary.bytes_written += bytes;
         self.progress
@@ -450,6 +461,7 @@ mod tests {
             format: OutputFormat::Jsonl,
             table: result_columns(None),
             name_width,
+            publish: None,
         }
     }
 

@@ -103,9 +103,10 @@ impl JobConfig {
                 Some(memory),
                 Some(checkpoint),
             ) if problems.is_empty() => {
-                input.path = base.join(&input.path);
-                output.path = base.join(&output.path);
-                output.assemble = output.assemble.map(|a| base.join(a));
+                input.path = place(base, &input.path);
+                output.path = place(base, &output.path);
+                output.assemble = output.assemble.map(|a| place(base, &a));
+                output.staging = output.staging.map(|s| place(base, &s));
                 // A backend's `path` option names a file or folder: it too is
                 // taken from the config file's directory.
                 if let Some(toml::Value::String(p)) = model.options.get_mut("path") {
@@ -305,4 +306,17 @@ fn section<T: DeserializeOwned>(
     parse_value_all(value, name)
         .map_err(|ps| problems.extend(ps))
         .ok()
+}
+
+/// Where a configured path points: an object-storage URL as written, a
+/// `file://` URL as its local path, anything else from `base` (the config
+/// file's directory) when relative.
+pub(crate) fn place(base: &Path, path: &Path) -> PathBuf {
+    if stook_actors::remote::is_url(path) {
+        return path.to_path_buf();
+    }
+    if let Some(local) = path.to_str().and_then(|s| s.strip_prefix("file://")) {
+        return base.join(local);
+    }
+    base.join(path)
 }

@@ -81,7 +81,8 @@ impl From<FormatChoice> for String {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// A directory: part files, manifest, errors, report.
+    /// A directory: part files, manifest, errors, report; or a prefix in
+    /// object storage (`s3://bucket/out`, `gs://…`, `az://…`).
     pub path: PathBuf,
     /// Write results in input order (default) or as they finish.
     #[serde(default = "yes")]
@@ -96,6 +97,11 @@ pub struct OutputConfig {
     /// backend's own keys.
     #[serde(default)]
     pub passthrough: Vec<String>,
+    /// Where parts are written before they are uploaded, when `path` is in
+    /// object storage (default: a directory in the system's temporary
+    /// directory named after the URL and the worker).
+    #[serde(default)]
+    pub staging: Option<PathBuf>,
 }
 
 /// `[output] format`.
@@ -323,6 +329,7 @@ impl Default for OutputConfig {
             assemble: None,
             format: OutputFormatChoice::default(),
             passthrough: Vec::new(),
+            staging: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod openai;
+pub mod s3;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

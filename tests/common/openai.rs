@@ -32,7 +32,7 @@ pub fn python() -> PathBuf {
         Command::new(&py)
             .args([
                 "-c",
-                "import openai, pyarrow, numpy, tokenizers, safetensors, pandas, sheaf.api.union",
+                "import openai, pyarrow, numpy, tokenizers, safetensors, pandas, sheaf.api.union, moto.server",
             ])
             .status()
             .is_ok_and(|s| s.success())
@@ -43,7 +43,7 @@ pub fn python() -> PathBuf {
             .expect("running scripts/pyarrow-env.sh");
         assert!(
             s.success() && ready(),
-            "pyarrow, openai, numpy, tokenizers, safetensors, pandas and sheaf-serve are needed for this test and \
+            "pyarrow, openai, numpy, tokenizers, safetensors, pandas, sheaf-serve and moto are needed for this test and \
              scripts/pyarrow-env.sh could not install them (it runs `pip install` from PyPI)"
         );
     }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 mod files;
 pub mod protocol;
+pub mod remote;
 
 pub(crate) use files::parent_of;
 pub use files::{append_record, open_for_append, sync_dir, write_atomic, AtomicFile};
@@ -199,13 +200,19 @@ const BLOCK: u64 = 64 << 10;
 impl InputFingerprint {
     /// Fingerprints `path`; a directory (of Parquet files) by its files
     /// in name order: sizes summed, the latest mtime, CRCs chained.
+    /// An object in a bucket by its size, modification time and the same
+    /// CRCs (two ranged GETs): a copy of a local file has its content key.
     pub fn of(path: &Path) -> std::io::Result<Self> {
-        if path.is_dir() {
-            let mut names: Vec<PathBuf> = std::fs::read_dir(path)?
-                .map(|e| e.map(|e| e.path()))
-                .collect::<Result<_, _>>()?;
+        if crate::remote::is_dir(path) {
+            let mut names: Vec<PathBuf> = if crate::remote::is_url(path) {
+                crate::remote::files_under(path, |n| !n.starts_with(['.', '_']))?
+            } else {
+                std::fs::read_dir(path)?
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<_, _>>()?
+            };
             names.retain(|p| {
-                p.is_file()
+                (crate::remote::is_url(p) || p.is_file())
                     && !p
                         .file_name()
                         .is_some_and(|n| n.to_string_lossy().starts_with(['.', '_']))
@@ -229,6 +236,23 @@ impl InputFingerprint {
             all.head_crc32 = head.finalize();
             all.tail_crc32 = tail.finalize();
             return Ok(all);
+        }
+        if crate::remote::is_url(path) {
+            let loc = crate::remote::Location::parse(path)?;
+            let meta = loc.head()?;
+            let size = meta.size;
+            let crc_at = |at: u64| -> std::io::Result<u32> {
+                if size == 0 {
+                    return Ok(crc32fast::hash(&[]));
+                }
+                Ok(crc32fast::hash(&loc.get_range(at..(at + BLOCK).min(size))?))
+            };
+            return Ok(InputFingerprint {
+                size,
+                mtime_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u128,
+                head_crc32: crc_at(0)?,
+                tail_crc32: crc_at(size.saturating_sub(BLOCK))?,
+            });
         }
         let mut f = File::open(path)?;
         let meta = f.metadata()?;
@@ -498,9 +522,8 @@ pub fn is_manifest(name: &str) -> bool {
     is_worker_file(name, MANIFEST_STEM, "jsonl")
 }
 
-/// A file's length and CRC-32, read 1 MiB at a time.
-fn crc_of(path: &Path) -> std::io::Result<(u64, u32)> {
-    let mut f = File::open(path)?;
+/// A stream's length and CRC-32, read 1 MiB at a time.
+fn crc_of(mut f: impl Read) -> std::io::Result<(u64, u32)> {
     let (mut h, mut len, mut buf) = (crc32fast::Hasher::new(), 0u64, vec![0u8; 1 << 20]);
     loop {
         let n = f.read(&mut buf)?;
@@ -514,9 +537,21 @@ fn crc_of(path: &Path) -> std::io::Result<(u64, u32)> {
 
 /// Whether a shard's files are as the manifest says.
 pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
+    verify_with(record, &|name| {
+        File::open(dir.join(name)).map(|f| Box::new(f) as Box<dyn Read + Send>)
+    })
+}
+
+/// Whether a shard's files, as `open` reads them (a directory's, or a
+/// bucket's), are as the manifest says.
+pub fn verify_with(
+    record: &ShardRecord,
+    open: &dyn Fn(&str) -> std::io::Result<Box<dyn Read + Send>>,
+) -> Result<(), String> {
     // Streamed: a part may be far larger than memory should hold.
-    let (len, crc) =
-        crc_of(&dir.join(&record.part)).map_err(|e| format!("{}: {e}", record.part))?;
+    let (len, crc) = open(&record.part)
+        .and_then(crc_of)
+        .map_err(|e| format!("{}: {e}", record.part))?;
     if len != record.bytes {
         return Err(format!(
             "{}: {len} bytes, the manifest says {}",
@@ -531,7 +566,9 @@ pub fn verify(dir: &Path, record: &ShardRecord) -> Result<(), String> {
     }
     if record.errors_bytes > 0 {
         let name = errors_beside(&record.part);
-        let (len, crc) = crc_of(&dir.join(&name)).map_err(|e| format!("{name}: {e}"))?;
+        let (len, crc) = open(&name)
+            .and_then(crc_of)
+            .map_err(|e| format!("{name}: {e}"))?;
         if len != record.errors_bytes {
             return Err(format!(
                 "{name}: {len} bytes, the manifest says {}",
@@ -710,9 +747,9 @@ mod tests {
         let d = dir.path();
         std::fs::write(d.join(part_name(0, 5, "jsonl")), b"").unwrap();
         std::fs::write(d.join(errors_name(0, 5)), b"{\"line\":1}\n").unwrap();
-        let (len, crc) = crc_of(&d.join(errors_name(0, 5))).unwrap();
+        let (len, crc) = crc_of(File::open(d.join(errors_name(0, 5))).unwrap()).unwrap();
         let mut r = record(0);
-        (r.bytes, r.crc32) = crc_of(&d.join(part_name(0, 5, "jsonl"))).unwrap();
+        (r.bytes, r.crc32) = crc_of(File::open(d.join(part_name(0, 5, "jsonl"))).unwrap()).unwrap();
         (r.errors_bytes, r.errors_crc32) = (len, Some(crc));
         assert_eq!(verify(d, &r), Ok(()));
         // The same size, other bytes.

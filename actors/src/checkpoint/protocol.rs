@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::remote::Staged;
 use super::{
     errors_beside, is_manifest, is_worker_file, shard_of, sync_dir, verify, write_atomic,
     AtomicFile, Manifest, ManifestError, ManifestHeader, Resume, ShardRecord, Worker, ERRORS,
@@ -126,6 +127,34 @@ pub enum CheckpointError {
     },
 }
 
+impl CheckpointError {
+    /// The same error, naming `shown` where it names the directory `dir`
+    /// (a staging directory's errors name the bucket prefix it stands for).
+    pub fn shown_as(mut self, dir: &Path, shown: &Path) -> Self {
+        use CheckpointError as E;
+        match &mut self {
+            E::OutputNotEmpty { dir: d, .. }
+            | E::ResumeOff { dir: d, .. }
+            | E::Changed { dir: d, .. }
+            | E::OtherSplit { dir: d, .. }
+            | E::Resume { dir: d, .. }
+            | E::InUse { dir: d, .. }
+            | E::Busy { dir: d, .. }
+            | E::Incomplete { dir: d, .. }
+            | E::Io { path: d, .. } => {
+                if let Ok(rest) = d.strip_prefix(dir) {
+                    *d = if rest.as_os_str().is_empty() {
+                        shown.to_path_buf()
+                    } else {
+                        PathBuf::from(format!("{}/{}", shown.display(), rest.display()))
+                    };
+                }
+            }
+        }
+        self
+    }
+}
+
 /// The report's stem in the output directory (`_report.json` alone,
 /// `_report-0000I-of-0000N.json` for worker I of N).
 pub const REPORT_STEM: &str = "_report";
@@ -221,6 +250,36 @@ pub fn prepare(
     fresh: bool,
     resume: bool,
 ) -> Result<Prepared, CheckpointError> {
+    prepare_in(dir, header, fresh, resume, &|s| verify(dir, s))
+}
+
+/// [`prepare`] for an output prefix in object storage: the prefix's
+/// manifests are copied to the staging directory, prepared there with each
+/// recorded shard verified against its objects, and this worker's objects
+/// that its manifest does not record are deleted (see [`super::remote`]).
+pub fn prepare_staged(
+    staged: &Staged,
+    header: &ManifestHeader,
+    fresh: bool,
+    resume: bool,
+) -> Result<Prepared, CheckpointError> {
+    let shown = |e: CheckpointError| e.shown_as(&staged.staging, &staged.shown());
+    staged.pull().map_err(shown)?;
+    let p = prepare_in(&staged.staging, header, fresh, resume, &|s| {
+        staged.verify(s)
+    })
+    .map_err(shown)?;
+    staged.push_prepared(header.worker).map_err(shown)?;
+    Ok(p)
+}
+
+fn prepare_in(
+    dir: &Path,
+    header: &ManifestHeader,
+    fresh: bool,
+    resume: bool,
+    check: &dyn Fn(&ShardRecord) -> Result<(), String>,
+) -> Result<Prepared, CheckpointError> {
     let io = |path: PathBuf| move |source| CheckpointError::Io { path, source };
     let worker = header.worker;
     let own = worker.manifest_name();
@@ -309,7 +368,7 @@ pub fn prepare(
     let mut kept = Vec::new();
     let mut redone = Vec::new();
     for (_, s) in latest(manifest.shards.drain(..)) {
-        match verify(dir, &s) {
+        match check(&s) {
             Ok(()) => kept.push(s),
             Err(why) => {
                 tracing::warn!(shard = s.shard, %why, "committed shard does not verify; redoing it");
@@ -665,6 +724,129 @@ pub fn merge(
     layout: Layout,
     assemble: Option<&Path>,
 ) -> Result<Totals, CheckpointError> {
+    merge_in(&Place::Local(dir), header, layout, assemble)
+}
+
+/// [`status`] of an output prefix in object storage (its manifests copied
+/// to the staging directory first).
+pub fn status_staged(
+    staged: &Staged,
+    header: &ManifestHeader,
+    layout: Layout,
+) -> Result<Status, CheckpointError> {
+    let shown = |e: CheckpointError| e.shown_as(&staged.staging, &staged.shown());
+    staged.pull().map_err(shown)?;
+    let mut s = status(&staged.staging, header, layout).map_err(shown)?;
+    s.dir = staged.shown();
+    Ok(s)
+}
+
+/// [`merge`] of an output prefix in object storage: parts verified and
+/// read from the bucket, `_errors.jsonl` and `_SUCCESS` uploaded.
+pub fn merge_staged(
+    staged: &Staged,
+    header: &ManifestHeader,
+    layout: Layout,
+    assemble: Option<&Path>,
+) -> Result<Totals, CheckpointError> {
+    let shown = |e: CheckpointError| e.shown_as(&staged.staging, &staged.shown());
+    staged.pull().map_err(shown)?;
+    merge_in(&Place::Staged(staged), header, layout, assemble).map_err(shown)
+}
+
+/// Where a merge reads the shards and writes its files.
+enum Place<'a> {
+    Local(&'a Path),
+    Staged(&'a Staged),
+}
+
+impl Place<'_> {
+    fn dir(&self) -> &Path {
+        match self {
+            Place::Local(d) => d,
+            Place::Staged(s) => &s.staging,
+        }
+    }
+
+    fn verify(&self, s: &ShardRecord) -> Result<(), String> {
+        match self {
+            Place::Local(d) => verify(d, s),
+            Place::Staged(st) => st.verify(s),
+        }
+    }
+
+    fn open(&self, name: &str) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        match self {
+            Place::Local(d) => Ok(Box::new(File::open(d.join(name))?)),
+            Place::Staged(s) => s.open(name),
+        }
+    }
+
+    /// Writes `name` in the place from `data` (replacing it).
+    fn put(&self, name: &str, data: &[u8]) -> Result<(), CheckpointError> {
+        let d = self.dir();
+        write_atomic(d, name, data).map_err(|source| CheckpointError::Io {
+            path: d.join(name),
+            source,
+        })?;
+        match self {
+            Place::Local(_) => Ok(()),
+            Place::Staged(s) => s.upload(name, false),
+        }
+    }
+
+    fn remove(&self, name: &str) -> Result<(), CheckpointError> {
+        let p = self.dir().join(name);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CheckpointError::Io { path: p, source: e })
+            }
+            _ => {}
+        }
+        match self {
+            Place::Local(_) => Ok(()),
+            Place::Staged(s) => s
+                .loc
+                .child(name)
+                .delete()
+                .map_err(|source| CheckpointError::Io {
+                    path: PathBuf::from(s.loc.child(name).url()),
+                    source,
+                }),
+        }
+    }
+
+    /// Writes the concatenation of `names` to `target` (a local path or an
+    /// object-storage URL), whole or not at all.
+    fn concat(&self, names: &[String], target: &Path) -> Result<(), CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: target.to_path_buf(),
+            source,
+        };
+        let remote = crate::remote::is_url(target);
+        // An object is written to a local file first, then uploaded.
+        let local = if remote {
+            self.dir().join(".assembled.tmp")
+        } else {
+            target.to_path_buf()
+        };
+        concat(&|n| self.open(n), names, &local).map_err(io)?;
+        if remote {
+            let r = crate::remote::Location::parse(target).and_then(|l| l.upload(&local, false));
+            let _ = std::fs::remove_file(&local);
+            r.map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+fn merge_in(
+    place: &Place<'_>,
+    header: &ManifestHeader,
+    layout: Layout,
+    assemble: Option<&Path>,
+) -> Result<Totals, CheckpointError> {
+    let dir = place.dir();
     let status = status(dir, header, layout)?;
     let incomplete = |why: String| CheckpointError::Incomplete {
         dir: dir.to_path_buf(),
@@ -691,44 +873,45 @@ pub fn merge(
     }
     let shards: Vec<&ShardRecord> = status.records.values().collect();
     for s in &shards {
-        verify(dir, s).map_err(incomplete)?;
+        place.verify(s).map_err(incomplete)?;
     }
     let errors: Vec<String> = shards
         .iter()
         .filter(|s| s.errors_bytes > 0)
         .map(|s| errors_beside(&s.part))
         .collect();
-    let io = |name: &str| {
-        let path = dir.join(name);
-        move |source| CheckpointError::Io { path, source }
-    };
     if errors.is_empty() {
-        match std::fs::remove_file(dir.join(ERRORS)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(ERRORS)(e)),
-            _ => {}
-        }
+        place.remove(ERRORS)?;
     } else {
-        concat(dir, &errors, &dir.join(ERRORS)).map_err(io(ERRORS))?;
+        match place {
+            Place::Local(d) => place.concat(&errors, &d.join(ERRORS))?,
+            Place::Staged(s) => {
+                place.concat(&errors, &s.staging.join(ERRORS))?;
+                s.upload(ERRORS, false)?;
+            }
+        }
     }
     let totals = Totals::of(shards.iter().copied());
     if let Some(target) = assemble {
-        concat(dir, &totals.parts, target).map_err(|source| CheckpointError::Io {
-            path: target.to_path_buf(),
-            source,
-        })?;
+        place.concat(&totals.parts, target)?;
     }
-    write_atomic(dir, SUCCESS, b"").map_err(io(SUCCESS))?;
+    place.put(SUCCESS, b"")?;
     Ok(totals)
 }
 
-/// Writes the concatenation of `dir/names` to `target`, atomically.
-fn concat(dir: &Path, names: &[String], target: &Path) -> std::io::Result<()> {
+/// Writes the concatenation of what `open` reads for `names` to `target`,
+/// atomically.
+fn concat(
+    open: &dyn Fn(&str) -> std::io::Result<Box<dyn std::io::Read + Send>>,
+    names: &[String],
+    target: &Path,
+) -> std::io::Result<()> {
     // Like the output directory, the assembled file's directory is made
     // when it is not there yet (nothing is removed or replaced).
     std::fs::create_dir_all(super::parent_of(target))?;
     let mut out = AtomicFile::create_at(target)?;
     for n in names {
-        std::io::copy(&mut File::open(dir.join(n))?, &mut out)?;
+        std::io::copy(&mut open(n)?, &mut out)?;
     }
     out.commit().map(drop)
 }

@@ -8,6 +8,9 @@
 //!                         decoded in place
 //!  .parquet (file or dir) read batch by batch, only the columns the (table.rs)
 //!                         backend reads
+//!  s3:// gs:// az://      the same formats from object storage:     (remote/)
+//!                         JSON Lines as a stream of ranged GETs,
+//!                         Parquet by footer and column-chunk ranges
 //! ```
 
 pub mod jsonl;
@@ -59,7 +62,7 @@ impl InputFormat {
     /// The format a path's name says; a directory is Parquet; anything else
     /// is read as JSON Lines.
     pub fn of_path(path: &Path) -> Self {
-        if path.is_dir() {
+        if crate::remote::is_dir(path) {
             return InputFormat::Parquet;
         }
         let name = path
@@ -111,6 +114,10 @@ impl Input {
         columns: Option<&[String]>,
     ) -> Result<Self, PipelineError> {
         Ok(match format.unwrap_or_else(|| InputFormat::of_path(path)) {
+            // An object is read by ranges, as a stream.
+            InputFormat::Jsonl if crate::remote::is_url(path) => {
+                Input::Stream(StreamFile::open(path, InputFormat::Jsonl)?)
+            }
             InputFormat::Jsonl => Input::Mapped(InputFile::open(path)?),
             f @ (InputFormat::JsonlGz | InputFormat::JsonlZst) => {
                 Input::Stream(StreamFile::open(path, f)?)

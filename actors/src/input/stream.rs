@@ -1,10 +1,9 @@
-//! Compressed JSON Lines (gzip, zstd): decompressed as a stream, never
-//! whole. Lines are numbered as in the uncompressed text, a line longer
+//! Compressed JSON Lines (gzip, zstd), and any JSON Lines in object
+//! storage: read as a stream, never whole. Lines are numbered as in the uncompressed text, a line longer
 //! than the limit is skipped over without being held (its first bytes are
 //! kept for the message), and a damaged or truncated stream stops the
 //! reader with an error that names the file and the line it reached.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +13,7 @@ use crate::input::jsonl::{read_row, row_error, RowLimits, Validation};
 use crate::input::InputFormat;
 use crate::rows::{Line, RequestSchema};
 
-/// A compressed JSON Lines file.
+/// A compressed JSON Lines file, or a JSON Lines object in a bucket.
 pub struct StreamFile {
     path: PathBuf,
     shown: Arc<str>,
@@ -48,20 +47,22 @@ impl StreamFile {
 
     /// A reader of the file's lines from the start.
     pub fn lines(&self) -> Result<StreamLines, PipelineError> {
-        let file = File::open(&self.path).map_err(|e| self.error(e))?;
+        let file = crate::remote::open_read(&self.path).map_err(|e| self.error(e))?;
         let inner: Box<dyn Read + Send> = match self.format {
             InputFormat::JsonlZst => {
                 Box::new(zstd::stream::read::Decoder::new(file).map_err(|e| self.error(e))?)
             }
-            _ => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            InputFormat::JsonlGz => Box::new(flate2::read::MultiGzDecoder::new(file)),
+            // Plain JSON Lines read as a stream: an object in a bucket.
+            _ => file,
         };
         Ok(StreamLines {
             reader: BufReader::with_capacity(1 << 20, inner),
             path: self.path.clone(),
-            codec: if self.format == InputFormat::JsonlZst {
-                "zstd"
-            } else {
-                "gzip"
+            codec: match self.format {
+                InputFormat::JsonlZst => "zstd",
+                InputFormat::JsonlGz => "gzip",
+                _ => "JSON Lines",
             },
             next_number: 1,
         })

@@ -61,10 +61,12 @@ enum PartData {
         decoder: Box<arrow_ipc::reader::FileDecoder>,
         batches: Vec<(arrow_ipc::Block, usize, usize)>,
     },
-    /// The footer, read once; rows per row group.
+    /// The footer, read once; rows per row group; the object read by
+    /// ranges when the file is in object storage.
     Parquet {
         meta: ArrowReaderMetadata,
         groups: Vec<u64>,
+        object: Option<crate::remote::ObjectChunks>,
     },
 }
 
@@ -140,7 +142,25 @@ impl TableFile {
         format: InputFormat,
         columns: Option<&[String]>,
     ) -> Result<Self, PipelineError> {
-        let files = if path.is_dir() {
+        let files = if crate::remote::is_url(path) && crate::remote::is_dir(path) {
+            let files = crate::remote::files_under(path, |name| {
+                !name.starts_with(['.', '_'])
+                    && match format {
+                        InputFormat::Arrow => {
+                            InputFormat::of_path(Path::new(name)) == InputFormat::Arrow
+                        }
+                        _ => name.ends_with(".parquet"),
+                    }
+            })
+            .map_err(io(path))?;
+            if files.is_empty() {
+                return Err(bad(
+                    path,
+                    format!("the prefix holds no .{} object", format.name()),
+                ));
+            }
+            files
+        } else if path.is_dir() {
             let mut files = Vec::new();
             for e in std::fs::read_dir(path).map_err(io(path))? {
                 let p = e.map_err(io(path))?.path();
@@ -336,6 +356,13 @@ impl Part {
     }
 
     fn arrow(path: &Path) -> Result<Self, PipelineError> {
+        if crate::remote::is_url(path) {
+            return Err(bad(
+                path,
+                "Arrow IPC is read from local files only; \
+                 in object storage, use Parquet or JSON Lines",
+            ));
+        }
         let file = File::open(path).map_err(io(path))?;
         let map = Arc::new(WatchedMap::new(file).map_err(io(path))?);
         let buffer = Buffer::from(bytes::Bytes::from_owner(Mapped(map.clone())));
@@ -407,9 +434,20 @@ impl Part {
     }
 
     fn parquet(path: &Path) -> Result<Self, PipelineError> {
-        let file = File::open(path).map_err(io(path))?;
-        let meta = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| bad(path, format!("not a readable Parquet file: {e}")))?;
+        let not_parquet = |e| bad(path, format!("not a readable Parquet file: {e}"));
+        let (meta, object) = if crate::remote::is_url(path) {
+            let loc = crate::remote::Location::parse(path).map_err(io(path))?;
+            let size = loc.head().map_err(io(path))?.size;
+            let chunks = crate::remote::ObjectChunks::new(loc, size);
+            let meta = ArrowReaderMetadata::load(&chunks, ArrowReaderOptions::new())
+                .map_err(not_parquet)?;
+            (meta, Some(chunks))
+        } else {
+            let file = File::open(path).map_err(io(path))?;
+            let meta =
+                ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(not_parquet)?;
+            (meta, None)
+        };
         let groups: Vec<u64> = meta
             .metadata()
             .row_groups()
@@ -421,7 +459,11 @@ impl Part {
             shown: path.display().to_string().into(),
             rows: groups.iter().sum(),
             schema: meta.schema().clone(),
-            data: PartData::Parquet { meta, groups },
+            data: PartData::Parquet {
+                meta,
+                groups,
+                object,
+            },
         })
     }
 

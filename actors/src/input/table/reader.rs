@@ -223,15 +223,26 @@ impl TableReader {
                 offset: 0,
                 current: None,
             },
-            PartData::Parquet { meta, .. } => {
-                let f = File::open(&part.path).map_err(io(&part.path))?;
+            PartData::Parquet { meta, object, .. } => {
                 let cols = part.projection(&self.schema, file.columns.as_deref());
                 let mask = ProjectionMask::roots(meta.parquet_schema(), cols);
-                let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta.clone())
+                let built = match object {
+                    Some(chunks) => ParquetRecordBatchReaderBuilder::new_with_metadata(
+                        chunks.clone(),
+                        meta.clone(),
+                    )
                     .with_projection(mask)
                     .with_batch_size(self.batch_size)
-                    .build()
-                    .map_err(|e| bad(&part.path, format!("reading Parquet: {e}")))?;
+                    .build(),
+                    None => {
+                        let f = File::open(&part.path).map_err(io(&part.path))?;
+                        ParquetRecordBatchReaderBuilder::new_with_metadata(f, meta.clone())
+                            .with_projection(mask)
+                            .with_batch_size(self.batch_size)
+                            .build()
+                    }
+                };
+                let reader = built.map_err(|e| bad(&part.path, format!("reading Parquet: {e}")))?;
                 Cursor::Parquet { reader, left: None }
             }
         })
