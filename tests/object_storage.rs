@@ -60,12 +60,18 @@ fn ok(out: &Output) -> String {
     err
 }
 
-/// Writes `jsonl` as Parquet at `target` (pyarrow), row groups of `group`.
+/// Writes `jsonl` as Parquet at `target` (pyarrow), row groups of `group`;
+/// as an Arrow IPC file of batches of `group` rows when `target` ends in
+/// `.arrow`.
 fn to_parquet(jsonl: &Path, target: &Path, group: usize) {
     let code = format!(
-        "import pyarrow.json as j, pyarrow.parquet as pq\n\
+        "import pyarrow as pa, pyarrow.json as j, pyarrow.parquet as pq\n\
          t = j.read_json({jsonl:?})\n\
-         pq.write_table(t, {target:?}, row_group_size={group})\n"
+         if {target:?}.endswith('.arrow'):\n\
+         \x20   with pa.ipc.new_file({target:?}, t.schema) as w:\n\
+         \x20       for b in t.to_batches(max_chunksize={group}): w.write_batch(b)\n\
+         else:\n\
+         \x20   pq.write_table(t, {target:?}, row_group_size={group})\n"
     );
     let s = Command::new(python()).args(["-c", &code]).status().unwrap();
     assert!(s.success());
@@ -87,7 +93,7 @@ fn local_run(dir: &Path, input: &Path, format: &str) -> Vec<u8> {
 }
 
 #[test]
-fn jsonl_gzip_zstd_and_parquet_inputs_from_a_bucket_give_a_local_runs_bytes() {
+fn jsonl_gzip_zstd_parquet_and_arrow_inputs_from_a_bucket_give_a_local_runs_bytes() {
     let dir = tempdir();
     let input = write_rows(dir.path(), "in.jsonl", 9_000);
     let expected = local_run(dir.path(), &input, "jsonl");
@@ -119,12 +125,17 @@ fn jsonl_gzip_zstd_and_parquet_inputs_from_a_bucket_give_a_local_runs_bytes() {
         s3::upload(&p, &format!("s3://inputs/table/half-{i}.parquet"));
     }
     let expected_pq = local_run(dir.path(), &pq, "jsonl");
+    let arrow = dir.path().join("in.arrow");
+    to_parquet(&input, &arrow, 1_500);
+    s3::upload(&arrow, "s3://inputs/rows/in.arrow");
+    let expected_arrow = local_run(dir.path(), &arrow, "jsonl");
     for (n, url, want) in [
         (0, "s3://inputs/rows/in.jsonl", &expected),
         (1, "s3://inputs/rows/in.jsonl.gz", &expected),
         (2, "s3://inputs/rows/in.jsonl.zst", &expected),
         (3, "s3://inputs/rows/in.parquet", &expected_pq),
         (4, "s3://inputs/table/", &expected_pq),
+        (5, "s3://inputs/rows/in.arrow", &expected_arrow),
     ] {
         let out = dir.path().join(format!("out-{n}"));
         let cfg = config(dir.path(), "job.toml", url, out.to_str().unwrap(), "jsonl");

@@ -10,7 +10,8 @@
 //!                         backend reads
 //!  s3:// gs:// az://      the same formats from object storage:     (remote/)
 //!                         JSON Lines as a stream of ranged GETs,
-//!                         Parquet by footer and column-chunk ranges
+//!                         Parquet by footer and column-chunk ranges,
+//!                         Arrow IPC by footer and record-batch ranges
 //! ```
 
 pub mod jsonl;

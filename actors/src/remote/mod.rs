@@ -93,6 +93,9 @@ pub fn files_under(
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
+        // TLS through rustls with ring (an application that installed a
+        // provider of its own keeps it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("stook-io")
@@ -174,6 +177,8 @@ fn retry() -> RetryConfig {
 /// The client for `url`'s bucket, made once per bucket and kept.
 fn store_for(url: &url::Url, scheme: ObjectStoreScheme) -> io::Result<Arc<dyn ObjectStore>> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    // Its start installs the TLS provider the client is built with.
+    runtime();
     let root = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
     let mut stores = STORES.get_or_init(Default::default).lock().expect("stores");
     if let Some(s) = stores.get(&root) {

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  Arrow IPC  mmap ─▶ footer ─▶ record batches decoded in place (no copy; pages
-//!                               dropped from the resident set once read)
+//!                               dropped from the resident set once read); in
+//!                               a bucket, each batch's block by a ranged GET
 //!  Parquet    footer ─▶ a reader over the columns the backend reads, batch by
 //!                       batch (one batch of rows decoded at a time)
 //!  both       rows n..n+k ─▶ the backend's fields as the object store's columns:
@@ -56,8 +57,8 @@ enum PartData {
     /// The mapping and its record batches: each one's block, rows and
     /// first byte (decoded when the reader reaches it).
     Arrow {
-        map: Arc<WatchedMap>,
-        buffer: Buffer,
+        map: Option<Arc<WatchedMap>>,
+        bytes: ArrowBytes,
         decoder: Box<arrow_ipc::reader::FileDecoder>,
         batches: Vec<(arrow_ipc::Block, usize, usize)>,
     },
@@ -68,6 +69,37 @@ enum PartData {
         groups: Vec<u64>,
         object: Option<crate::remote::ObjectChunks>,
     },
+}
+
+/// An Arrow IPC file's bytes: mapped whole, or an object in a bucket read
+/// a block (a record batch) at a time by ranged GETs.
+enum ArrowBytes {
+    Mapped(Buffer),
+    Object(crate::remote::Location, usize),
+}
+
+impl ArrowBytes {
+    fn len(&self) -> usize {
+        match self {
+            ArrowBytes::Mapped(b) => b.len(),
+            ArrowBytes::Object(_, n) => *n,
+        }
+    }
+
+    /// Bytes `from..from + len` (the caller checked they are inside).
+    fn slice(&self, from: usize, len: usize) -> std::io::Result<Buffer> {
+        match self {
+            ArrowBytes::Mapped(b) => Ok(b.slice_with_length(from, len)),
+            ArrowBytes::Object(loc, _) => {
+                if len == 0 {
+                    return Ok(Buffer::from(bytes::Bytes::new()));
+                }
+                Ok(Buffer::from(
+                    loc.get_range(from as u64..(from + len) as u64)?,
+                ))
+            }
+        }
+    }
 }
 
 /// The mapping as the owner of an Arrow buffer.
@@ -350,43 +382,47 @@ impl Part {
     /// Whether a mapped part's file is as it was when opened.
     fn check(&self) -> Result<(), PipelineError> {
         match &self.data {
-            PartData::Arrow { map, .. } => map.check(&self.path),
+            PartData::Arrow { map: Some(map), .. } => map.check(&self.path),
+            PartData::Arrow { map: None, .. } => Ok(()),
             PartData::Parquet { .. } => Ok(()),
         }
     }
 
     fn arrow(path: &Path) -> Result<Self, PipelineError> {
-        if crate::remote::is_url(path) {
-            return Err(bad(
-                path,
-                "Arrow IPC is read from local files only; \
-                 in object storage, use Parquet or JSON Lines",
-            ));
-        }
-        let file = File::open(path).map_err(io(path))?;
-        let map = Arc::new(WatchedMap::new(file).map_err(io(path))?);
-        let buffer = Buffer::from(bytes::Bytes::from_owner(Mapped(map.clone())));
+        let (map, bytes) = if crate::remote::is_url(path) {
+            let loc = crate::remote::Location::parse(path).map_err(io(path))?;
+            let size = loc.head().map_err(io(path))?.size as usize;
+            (None, ArrowBytes::Object(loc, size))
+        } else {
+            let file = File::open(path).map_err(io(path))?;
+            let map = Arc::new(WatchedMap::new(file).map_err(io(path))?);
+            let buffer = Buffer::from(bytes::Bytes::from_owner(Mapped(map.clone())));
+            (Some(map), ArrowBytes::Mapped(buffer))
+        };
+        let read = |from: usize, len: usize| bytes.slice(from, len).map_err(io(path));
         let not = |why: String| {
             bad(
                 path,
                 format!("not an Arrow IPC file ({why}); stook reads the IPC file format (Feather v2), not the stream format"),
             )
         };
-        let n = buffer.len();
-        if n < 18 || &buffer[n - 6..] != b"ARROW1" || &buffer[..6] != b"ARROW1" {
+        let n = bytes.len();
+        if n < 18 {
+            return Err(not("no ARROW1 magic at both ends".into()));
+        }
+        let tail = read(n - 10, 10)?;
+        if &tail[4..] != b"ARROW1" || &read(0, 6)?[..] != b"ARROW1" {
             return Err(not("no ARROW1 magic at both ends".into()));
         }
         let footer_len = arrow_ipc::reader::read_footer_length(
-            buffer[n - 10..]
-                .try_into()
-                .map_err(|_| not("short".into()))?,
+            tail[..].try_into().map_err(|_| not("short".into()))?,
         )
         .map_err(|e| not(e.to_string()))?;
         if footer_len > n - 10 {
             return Err(not("its footer is longer than the file".into()));
         }
-        let footer = arrow_ipc::root_as_footer(&buffer[n - 10 - footer_len..n - 10])
-            .map_err(|e| not(e.to_string()))?;
+        let footer_bytes = read(n - 10 - footer_len, footer_len)?;
+        let footer = arrow_ipc::root_as_footer(&footer_bytes).map_err(|e| not(e.to_string()))?;
         let fb_schema = footer.schema().ok_or_else(|| not("no schema".into()))?;
         let schema = Arc::new(
             arrow_ipc::convert::try_fb_to_schema(fb_schema).map_err(|e| not(e.to_string()))?,
@@ -400,21 +436,23 @@ impl Part {
             if at.checked_add(len).is_none_or(|end| end > n) {
                 return Err(not("a block lies past the end of the file".into()));
             }
-            Ok((buffer.slice_with_length(at, len), at, at + len))
+            Ok((at, len))
         };
         for b in footer.dictionaries().iter().flatten() {
-            let (data, _, _) = block_data(b)?;
+            let (at, len) = block_data(b)?;
+            let data = read(at, len)?;
             decoder
                 .read_dictionary(b, &data)
                 .map_err(|e| not(e.to_string()))?;
         }
-        // Rows per batch from each message's header alone: the bodies are
-        // read (and checked) when the reader reaches them.
+        // Rows per batch from each message's header alone (one small GET
+        // each in a bucket): the bodies are read (and checked) when the
+        // reader reaches them.
         let mut batches = Vec::new();
         for b in footer.recordBatches().iter().flatten() {
-            let (_, from, _) = block_data(b)?;
+            let (from, _) = block_data(b)?;
             let meta_len = (b.metaDataLength().max(0) as usize).min(n - from);
-            let rows = batch_header(&buffer[from..from + meta_len])
+            let rows = batch_header(&read(from, meta_len)?)
                 .map(|h| h.length())
                 .ok_or_else(|| not("a record batch header does not parse".into()))?;
             batches.push((*b, rows.max(0) as usize, from));
@@ -426,7 +464,7 @@ impl Part {
             schema,
             data: PartData::Arrow {
                 map,
-                buffer,
+                bytes,
                 decoder: Box::new(decoder),
                 batches,
             },
@@ -479,7 +517,7 @@ impl Part {
     /// into the mapping), checking it.
     fn decode(&self, i: usize) -> Result<RecordBatch, PipelineError> {
         let PartData::Arrow {
-            buffer,
+            bytes,
             decoder,
             batches,
             ..
@@ -493,7 +531,8 @@ impl Part {
         // and panics past the end: a corrupt header is refused first.
         let meta_len = (block.metaDataLength().max(0) as usize).min(len);
         let body_len = (len - meta_len) as i64;
-        let inside = batch_header(&buffer[from..from + meta_len]).is_some_and(|h| {
+        let data = bytes.slice(from, len).map_err(io(&self.path))?;
+        let inside = batch_header(&data[..meta_len]).is_some_and(|h| {
             h.buffers().is_some_and(|bufs| {
                 bufs.iter().all(|b| {
                     b.offset() >= 0
@@ -517,7 +556,7 @@ impl Part {
             &format!("record batch {i} does not decode"),
             || {
                 decoder
-                    .read_record_batch(&block, &buffer.slice_with_length(from, len))
+                    .read_record_batch(&block, &data)
                     .map_err(|e| bad(&self.path, format!("record batch {i}: {e}")))
             },
         )?

@@ -111,7 +111,12 @@ impl TableReader {
     /// the resident set.
     pub fn release(&self, file: &TableFile) {
         let Some(Part {
-            data: PartData::Arrow { map, batches, .. },
+            data:
+                PartData::Arrow {
+                    map: Some(map),
+                    batches,
+                    ..
+                },
             ..
         }) = file.parts.get(self.part)
         else {
