@@ -9,7 +9,9 @@
 # (validation, run, merge and uploads included) and the stook process's
 # peak RSS (from its report), with the difference against the target of
 # 64 MiB. The store runs on the same cores, so the bucket's rows/s are a
-# floor for a real S3 endpoint, not a figure for one.
+# floor for a real S3 endpoint, not a figure for one; the script also times
+# the store alone serving one pass of 8 MiB ranged GETs and one upload,
+# with boto3.
 #
 #   scripts/bench-object-storage.sh                  1 GiB, 3 rounds
 #   SIZE_MB=256 ROUNDS=1 scripts/bench-object-storage.sh
@@ -78,6 +80,23 @@ for r in $(seq 1 "$ROUNDS"); do
     "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"round $r $kind: {r['rows']} rows, {r['wall_seconds']:.1f} s, {r['rows_per_second']:.0f} rows/s, peak RSS {r['peak_rss_bytes']/2**20:.1f} MiB, peak store {r['peak_store_bytes']/2**20:.1f} MiB\")" "$WORK/$kind-$r.json"
   done
 done
+# The store alone: one pass over the object in 8 MiB ranged GETs (boto3),
+# and one upload of it; a bucket run reads the object twice (the check
+# before the model loads, then the run) and uploads as much.
+"$PY" - "$WORK/in.jsonl" >"$WORK/floor.txt" <<'PYEOF'
+import os, sys, time, boto3
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+size = os.path.getsize(sys.argv[1])
+t = time.time()
+for off in range(0, size, 8 << 20):
+    s3.get_object(Bucket="bench", Key="in.jsonl", Range=f"bytes={off}-{off + (8 << 20) - 1}")["Body"].read()
+read = time.time() - t
+t = time.time()
+s3.upload_file(sys.argv[1], "bench", "copy.jsonl")
+print(f"{read:.1f} {time.time() - t:.1f}")
+PYEOF
+read -r FLOOR_READ FLOOR_PUT <"$WORK/floor.txt"
+echo "the store alone: one read pass in 8 MiB ranged GETs ${FLOOR_READ} s, one upload ${FLOOR_PUT} s"
 "$PY" - "$WORK" "$ROUNDS" <<'PYEOF'
 import json, statistics, sys
 work, rounds = sys.argv[1], int(sys.argv[2])

@@ -303,6 +303,12 @@ fn jsonl_and_parquet_parts_in_a_bucket_equal_a_local_runs_files() {
             .filter(|n| n.starts_with("part-"))
             .collect();
         assert!(staged.is_empty(), "{staged:?}");
+        // A part's final name is written once: a create-only PUT of a
+        // name that exists is refused by the store.
+        let first = s3::location(&format!("{url}/{}", want[0].0));
+        let again = first.put(b"again".to_vec().into(), true).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "{again}");
+        assert!(s3::download(&format!("{url}/{}", want[0].0)) == want[0].1);
         // `stook status` reads the bucket's manifests.
         let o = stook(&["status", cfg.to_str().unwrap()]);
         let text =
@@ -379,16 +385,29 @@ fn a_job_killed_three_times_resumes_to_a_local_runs_bytes() {
         killed += usize::from(kill_after(spawn(&cfg, &[]), url, parts));
     }
     assert_eq!(killed, 3, "every run was to be killed");
+    // Neither a recorded part damaged in the bucket nor an unrecorded one
+    // (as a run killed between a part's upload and its manifest's leaves)
+    // is trusted: both are redone.
+    let garbage = b"{\"not\": \"stook's\"}\n";
+    for part in ["part-00000.jsonl", "part-00014.jsonl"] {
+        s3::location(&format!("{url}/{part}"))
+            .put(garbage.to_vec().into(), false)
+            .unwrap();
+    }
     let o = stook(&["run", cfg.to_str().unwrap()]);
     let err = ok(&o);
     assert!(err.contains("resumed"), "{err}");
     assert!(s3::output_bytes(url) == common::output_bytes(&local));
     let report: serde_json::Value =
         serde_json::from_slice(&s3::download(&format!("{url}/_report.json"))).unwrap();
+    // Nine parts were committed before the last kill; the damaged one
+    // was redone in this run.
     assert!(
-        report["rows_resumed"].as_u64().unwrap() >= 9 * 2000,
+        report["rows_resumed"].as_u64().unwrap() >= 8 * 2000,
         "{report}"
     );
+    let parts = report["parts"].as_array().unwrap();
+    assert!(parts.iter().any(|p| p == "part-00000.jsonl"), "{report}");
 }
 
 #[test]
