@@ -90,6 +90,21 @@ impl OutputDir {
             })
     }
 
+    /// `config`'s output for `stook status` and `stook merge`: a prefix is
+    /// read through a staging directory of this process's own.
+    pub fn inspecting(config: &JobConfig) -> Result<Self, RunError> {
+        let o = &config.output;
+        if !stook_actors::remote::is_url(&o.path) {
+            return Ok(OutputDir::Local(o.path.clone()));
+        }
+        Staged::inspecting(&o.path)
+            .map(OutputDir::Staged)
+            .map_err(|source| RunError::Output {
+                path: o.path.clone(),
+                source,
+            })
+    }
+
     /// Where files are written (the staging directory for a prefix).
     pub fn dir(&self) -> &Path {
         match self {

@@ -238,7 +238,7 @@ impl Job {
         let v = validate_file(&input, &self.source_schema(), &self.limits())?;
         self.check_room_for_each_row(&input)?;
         // An output prefix in object storage: listed and written to.
-        if let OutputDir::Staged(s) = OutputDir::of(&self.config, Worker::ALONE)? {
+        if let OutputDir::Staged(s) = OutputDir::inspecting(&self.config)? {
             s.check_writable()?;
         }
         Ok(v)
@@ -362,7 +362,7 @@ impl Job {
     /// missing. Reads the manifests; loads no model.
     pub fn status(&self) -> Result<Status, RunError> {
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
-        let out = OutputDir::of(&self.config, Worker::ALONE)?;
+        let out = OutputDir::inspecting(&self.config)?;
         Ok(out.status(&header, self.layout()?)?)
     }
 
@@ -373,7 +373,7 @@ impl Job {
         self.check_locations()?;
         let header = output::header_for(&self.config, self.backend.as_ref(), Worker::ALONE)?;
         let cfg = &self.config;
-        let out = OutputDir::of(cfg, Worker::ALONE)?;
+        let out = OutputDir::inspecting(cfg)?;
         Ok(out.merge(&header, self.layout()?, cfg.output.assemble.as_deref())?)
     }
 

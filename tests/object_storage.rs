@@ -309,11 +309,27 @@ fn jsonl_and_parquet_parts_in_a_bucket_equal_a_local_runs_files() {
         let again = first.put(b"again".to_vec().into(), true).unwrap_err();
         assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists, "{again}");
         assert!(s3::download(&format!("{url}/{}", want[0].0)) == want[0].1);
-        // `stook status` reads the bucket's manifests.
-        let o = stook(&["status", cfg.to_str().unwrap()]);
-        let text =
-            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-        assert!(text.contains(&url) && text.contains("merged"), "{text}");
+        // `stook status` and `stook merge` read the bucket's manifests
+        // through a staging directory of their own, gone when they end.
+        let tmp = dir.path().join(format!("tmp-{case}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        for cmd in ["status", "merge"] {
+            let o = Command::new(stook_bin())
+                .args([cmd, cfg.to_str().unwrap()])
+                .envs(s3::env(s3::port()))
+                .env("TMPDIR", &tmp)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{cmd}: {text}");
+            assert!(text.contains(&url), "{cmd}: {text}");
+            let left: Vec<_> = std::fs::read_dir(tmp.join("stook-staging"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "{cmd} left {left:?}");
+        }
     }
 }
 

@@ -36,6 +36,19 @@ pub struct Staged {
     pub staging: PathBuf,
     /// The output prefix.
     pub loc: Location,
+    /// Removes a staging directory of this process's own when the last
+    /// clone drops ([`Staged::inspecting`]).
+    _own: Option<std::sync::Arc<OwnDir>>,
+}
+
+/// A directory this process made for itself, removed when dropped.
+#[derive(Debug)]
+struct OwnDir(PathBuf);
+
+impl Drop for OwnDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn io_at(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> CheckpointError {
@@ -58,7 +71,35 @@ impl Staged {
             )),
         };
         std::fs::create_dir_all(&dir)?;
-        Ok(Staged { staging: dir, loc })
+        Ok(Staged {
+            staging: dir,
+            loc,
+            _own: None,
+        })
+    }
+
+    /// The prefix `url` names, staged in a new directory of this process's
+    /// own (removed when the last clone drops), for `stook status` and
+    /// `stook merge`: never the staging directory a running worker appends
+    /// its manifest to.
+    pub fn inspecting(url: &Path) -> io::Result<Self> {
+        let loc = Location::parse(url)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join("stook-staging").join(format!(
+            ".inspect-{:08x}-{}-{nanos}",
+            crc32fast::hash(loc.url().as_bytes()),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(super::parent_of(&dir))?;
+        // A new name: refused if it exists, so the directory is this run's.
+        std::fs::create_dir(&dir)?;
+        Ok(Staged {
+            staging: dir.clone(),
+            loc,
+            _own: Some(std::sync::Arc::new(OwnDir(dir))),
+        })
     }
 
     /// The URL, as messages show it.
