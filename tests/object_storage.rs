@@ -333,6 +333,23 @@ fn jsonl_and_parquet_parts_in_a_bucket_equal_a_local_runs_files() {
     }
 }
 
+/// A local run of `input` to JSON Lines with `[model.options]` `options`:
+/// its output directory.
+fn local_out(dir: &Path, input: &Path, options: &str) -> PathBuf {
+    let local = dir.join("local");
+    let cfg = config_with(
+        dir,
+        "local.toml",
+        input.to_str().unwrap(),
+        local.to_str().unwrap(),
+        "jsonl",
+        "",
+        options,
+    );
+    ok(&stook(&["run", cfg.to_str().unwrap()]));
+    local
+}
+
 /// Starts `stook run CFG ARGS` against the test store.
 fn spawn(cfg: &Path, args: &[&str]) -> Child {
     Command::new(stook_bin())
@@ -375,17 +392,7 @@ fn a_job_killed_three_times_resumes_to_a_local_runs_bytes() {
     s3::make_bucket("killed");
     s3::upload(&input, "s3://killed/in.jsonl");
     let slow = "batch_ms = 15";
-    let local = dir.path().join("local");
-    let cfg = config_with(
-        dir.path(),
-        "local.toml",
-        input.to_str().unwrap(),
-        local.to_str().unwrap(),
-        "jsonl",
-        "",
-        slow,
-    );
-    ok(&stook(&["run", cfg.to_str().unwrap()]));
+    let local = local_out(dir.path(), &input, slow);
     let url = "s3://killed/out";
     let cfg = config_with(
         dir.path(),
@@ -430,18 +437,8 @@ fn a_job_killed_three_times_resumes_to_a_local_runs_bytes() {
 fn four_workers_write_one_prefix_one_killed_and_rerun_then_merged() {
     let dir = tempdir();
     let input = write_rows(dir.path(), "in.jsonl", 24_000);
-    let local = dir.path().join("local");
     let slow = "batch_ms = 10";
-    let cfg = config_with(
-        dir.path(),
-        "local.toml",
-        input.to_str().unwrap(),
-        local.to_str().unwrap(),
-        "jsonl",
-        "",
-        slow,
-    );
-    ok(&stook(&["run", cfg.to_str().unwrap()]));
+    let local = local_out(dir.path(), &input, slow);
     s3::make_bucket("split");
     s3::upload(&input, "s3://split/in.jsonl");
     let url = "s3://split/out";

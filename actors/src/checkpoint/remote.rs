@@ -111,10 +111,9 @@ impl Staged {
         self.loc.names().map_err(io_at(self.shown()))
     }
 
-    /// Makes the staging directory a copy of the prefix's manifests and
-    /// success marker (its other stook files removed); refuses a prefix
-    /// holding anything not stook's.
-    pub fn pull(&self) -> Result<(), CheckpointError> {
+    /// The names directly under the prefix, refused when one is not stook's
+    /// (as a local output directory is).
+    fn ours(&self) -> Result<Vec<String>, CheckpointError> {
         let remote = self.names()?;
         if let Some(other) = remote.iter().find(|n| !is_ours(n)) {
             return Err(CheckpointError::OutputNotEmpty {
@@ -122,6 +121,14 @@ impl Staged {
                 found: other.clone(),
             });
         }
+        Ok(remote)
+    }
+
+    /// Makes the staging directory a copy of the prefix's manifests and
+    /// success marker (its other stook files removed); refuses a prefix
+    /// holding anything not stook's.
+    pub fn pull(&self) -> Result<(), CheckpointError> {
+        let remote = self.ours()?;
         for e in std::fs::read_dir(&self.staging).map_err(io_at(&self.staging))? {
             let e = e.map_err(io_at(&self.staging))?;
             let name = e.file_name().to_string_lossy().to_string();
@@ -149,13 +156,7 @@ impl Staged {
     /// one that holds anything not stook's), then writes and deletes a
     /// probe under a name stook owns (`._SUCCESS.tmp`, never a real file's).
     pub fn check_writable(&self) -> Result<(), CheckpointError> {
-        let remote = self.names()?;
-        if let Some(other) = remote.iter().find(|n| !is_ours(n)) {
-            return Err(CheckpointError::OutputNotEmpty {
-                dir: self.shown(),
-                found: other.clone(),
-            });
-        }
+        self.ours()?;
         let probe = self.loc.child(&format!(".{SUCCESS}.tmp"));
         probe
             .put(bytes::Bytes::new(), false)
