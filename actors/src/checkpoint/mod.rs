@@ -205,7 +205,7 @@ impl InputFingerprint {
     pub fn of(path: &Path) -> std::io::Result<Self> {
         if crate::remote::is_dir(path) {
             let mut names: Vec<PathBuf> = if crate::remote::is_url(path) {
-                crate::remote::files_under(path, |n| !n.starts_with(['.', '_']))?
+                crate::remote::files_under(path, |_| true)?
             } else {
                 std::fs::read_dir(path)?
                     .map(|e| e.map(|e| e.path()))

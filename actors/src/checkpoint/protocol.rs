@@ -769,16 +769,22 @@ impl Place<'_> {
     }
 
     fn verify(&self, s: &ShardRecord) -> Result<(), String> {
-        match self {
-            Place::Local(d) => verify(d, s),
-            Place::Staged(st) => st.verify(s),
-        }
+        super::verify_with(s, &|n| self.open(n))
     }
 
     fn open(&self, name: &str) -> std::io::Result<Box<dyn std::io::Read + Send>> {
         match self {
             Place::Local(d) => Ok(Box::new(File::open(d.join(name))?)),
             Place::Staged(s) => s.open(name),
+        }
+    }
+
+    /// Makes the file `name` written in `dir()` the place's: nothing more
+    /// in a directory; uploaded (replacing the object) for a prefix.
+    fn publish(&self, name: &str) -> Result<(), CheckpointError> {
+        match self {
+            Place::Local(_) => Ok(()),
+            Place::Staged(s) => s.upload(name, false),
         }
     }
 
@@ -789,10 +795,7 @@ impl Place<'_> {
             path: d.join(name),
             source,
         })?;
-        match self {
-            Place::Local(_) => Ok(()),
-            Place::Staged(s) => s.upload(name, false),
-        }
+        self.publish(name)
     }
 
     fn remove(&self, name: &str) -> Result<(), CheckpointError> {
@@ -805,14 +808,7 @@ impl Place<'_> {
         }
         match self {
             Place::Local(_) => Ok(()),
-            Place::Staged(s) => s
-                .loc
-                .child(name)
-                .delete()
-                .map_err(|source| CheckpointError::Io {
-                    path: PathBuf::from(s.loc.child(name).url()),
-                    source,
-                }),
+            Place::Staged(s) => s.delete(name),
         }
     }
 
@@ -883,13 +879,8 @@ fn merge_in(
     if errors.is_empty() {
         place.remove(ERRORS)?;
     } else {
-        match place {
-            Place::Local(d) => place.concat(&errors, &d.join(ERRORS))?,
-            Place::Staged(s) => {
-                place.concat(&errors, &s.staging.join(ERRORS))?;
-                s.upload(ERRORS, false)?;
-            }
-        }
+        place.concat(&errors, &dir.join(ERRORS))?;
+        place.publish(ERRORS)?;
     }
     let totals = Totals::of(shards.iter().copied());
     if let Some(target) = assemble {

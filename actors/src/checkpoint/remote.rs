@@ -166,9 +166,16 @@ impl Staged {
 
     /// Reads the object `name` under the prefix.
     pub fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
-        let loc = self.loc.child(name);
-        let size = loc.head()?.size;
-        Ok(Box::new(loc.reader(size)))
+        self.loc.child(name).open()
+    }
+
+    /// Deletes the object `name` under the prefix (one already gone is no
+    /// error).
+    pub fn delete(&self, name: &str) -> Result<(), CheckpointError> {
+        self.loc
+            .child(name)
+            .delete()
+            .map_err(io_at(self.url_of(name)))
     }
 
     /// Whether a shard's objects are as its record says.
@@ -204,10 +211,7 @@ impl Staged {
             };
             if workers && !keep.contains(&name) {
                 tracing::info!(object = %self.loc.child(&name).url(), "removing an object no manifest records");
-                self.loc
-                    .child(&name)
-                    .delete()
-                    .map_err(io_at(self.url_of(&name)))?;
+                self.delete(&name)?;
             }
         }
         self.upload(&own, false)
@@ -216,10 +220,10 @@ impl Staged {
     /// Uploads the staged file `name` (create-only when `create`: a part's
     /// final name is written once); the local copy stays.
     pub fn upload(&self, name: &str, create: bool) -> Result<(), CheckpointError> {
-        let local = self.staging.join(name);
         let target = self.loc.child(name);
-        let r = target.upload(&local, create);
-        r.map_err(io_at(target.url()))
+        target
+            .upload(&self.staging.join(name), create)
+            .map_err(io_at(target.url()))
     }
 
     /// Publishes a committed shard: its bad rows and part (create-only),

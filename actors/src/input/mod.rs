@@ -66,10 +66,13 @@ impl InputFormat {
         if crate::remote::is_dir(path) {
             return InputFormat::Parquet;
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
+        Self::of_name(&path.file_name().unwrap_or_default().to_string_lossy())
+    }
+
+    /// The format a file's name says (its extension; JSON Lines when none
+    /// of stook's), without looking at the file.
+    pub fn of_name(name: &str) -> Self {
+        let name = name.to_ascii_lowercase();
         if name.ends_with(".gz") {
             InputFormat::JsonlGz
         } else if name.ends_with(".zst") || name.ends_with(".zstd") {

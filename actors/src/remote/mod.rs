@@ -68,9 +68,7 @@ pub fn open_read(path: &FsPath) -> io::Result<Box<dyn std::io::Read + Send>> {
     if !is_url(path) {
         return Ok(Box::new(std::fs::File::open(path)?));
     }
-    let loc = Location::parse(path)?;
-    let size = loc.head()?.size;
-    Ok(Box::new(loc.reader(size)))
+    Location::parse(path)?.open()
 }
 
 /// The objects directly under the prefix `path` names whose names `keep`
@@ -108,11 +106,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// Runs `f` on the object-storage runtime and waits for its answer (from
 /// any thread, an actor's included).
 pub(crate) fn wait<T: Send + 'static>(f: impl Future<Output = T> + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    runtime().spawn(async move {
-        let _ = tx.send(f.await);
-    });
-    rx.recv().expect("an object-storage call answers")
+    start(f).recv().expect("an object-storage call answers")
 }
 
 /// Starts `f` on the object-storage runtime; its answer waits on the
@@ -382,6 +376,12 @@ impl Location {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(io_error(e)),
         }
+    }
+
+    /// A reader of the object from its start (its size asked first).
+    pub fn open(&self) -> io::Result<Box<dyn std::io::Read + Send>> {
+        let size = self.head()?.size;
+        Ok(Box::new(self.reader(size)))
     }
 
     /// A reader of the object from its start (its size known).

@@ -174,17 +174,17 @@ impl TableFile {
         format: InputFormat,
         columns: Option<&[String]>,
     ) -> Result<Self, PipelineError> {
+        // A directory's (or a prefix's) files of the format, hidden and
+        // `_` names (`_SUCCESS`, `_metadata`) left out.
+        let wanted = |name: &str| {
+            !name.starts_with(['.', '_'])
+                && match format {
+                    InputFormat::Arrow => InputFormat::of_name(name) == InputFormat::Arrow,
+                    _ => name.ends_with(".parquet"),
+                }
+        };
         let files = if crate::remote::is_url(path) && crate::remote::is_dir(path) {
-            let files = crate::remote::files_under(path, |name| {
-                !name.starts_with(['.', '_'])
-                    && match format {
-                        InputFormat::Arrow => {
-                            InputFormat::of_path(Path::new(name)) == InputFormat::Arrow
-                        }
-                        _ => name.ends_with(".parquet"),
-                    }
-            })
-            .map_err(io(path))?;
+            let files = crate::remote::files_under(path, wanted).map_err(io(path))?;
             if files.is_empty() {
                 return Err(bad(
                     path,
@@ -197,11 +197,7 @@ impl TableFile {
             for e in std::fs::read_dir(path).map_err(io(path))? {
                 let p = e.map_err(io(path))?.path();
                 let name = p.file_name().unwrap_or_default().to_string_lossy();
-                let ours = match format {
-                    InputFormat::Arrow => InputFormat::of_path(&p) == InputFormat::Arrow,
-                    _ => name.ends_with(".parquet"),
-                };
-                if ours && !name.starts_with(['.', '_']) && p.is_file() {
+                if wanted(&name) && p.is_file() {
                     files.push(p);
                 }
             }
